@@ -1,0 +1,82 @@
+"""Decode a request body into a plain mapping of lead fields (pure; no validation of values)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from .errors import BadRequest
+
+JSON_TYPES = frozenset({"application/json", "text/plain"})
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 64
+MAX_DEPTH = 4
+
+_CUSTOM = re.compile(r"^customField\[(.*)\]$", re.DOTALL)
+
+
+def decode(content_type: str, body: bytes) -> dict[str, Any]:
+    """Read a JSON (or text/plain JSON) or form-urlencoded body; raises :class:`BadRequest`."""
+    if content_type in JSON_TYPES:
+        return decode_json(body)
+    if content_type == FORM_TYPE:
+        return decode_form(body)
+    raise BadRequest(
+        "unsupported_media_type",
+        "send application/json, text/plain (JSON) or application/x-www-form-urlencoded",
+        status=415,
+    )
+
+
+def _depth(value: object, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("malformed_json", "the body is not valid UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("malformed_json", "the body must be a JSON object")
+    if _depth(data) > MAX_DEPTH:
+        raise BadRequest("malformed_json", f"the body nests deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def decode_form(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(
+            text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS
+        )
+    except UnicodeDecodeError:
+        raise BadRequest("malformed_form", "the form body is not valid UTF-8") from None
+    except ValueError:
+        raise BadRequest("malformed_form", f"more than {MAX_FORM_FIELDS} form fields") from None
+    return _collect(pairs)
+
+
+def _collect(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    custom: dict[str, str] = {}
+    for key, value in pairs:
+        match = _CUSTOM.match(key)
+        target, name = (custom, match[1]) if match else (data, key)
+        if name in target:
+            raise BadRequest("malformed_form", "a form field is repeated")
+        target[name] = value
+    if custom:
+        if "customFields" in data:
+            raise BadRequest("malformed_form", "use customField[NAME] or customFields, not both")
+        data["customFields"] = custom
+    return data

@@ -1,0 +1,205 @@
+"""Settings: one frozen dataclass, built once from the ``CTGW_*`` environment.
+
+Nothing else in the package reads ``os.environ``; this module does no I/O beyond that mapping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+_MOD_ID = re.compile(r"^[0-9a-z]{8}$")
+_SANDBOX_SITE_ID = "18990"
+
+
+class ConfigError(ValueError):
+    """A ``CTGW_*`` variable is missing or malformed; ``str()`` names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRate:
+    """Leads per client IP: ``per_second`` refill, ``burst`` bucket size."""
+
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    site_id: str
+    mod_id: str | None = None
+    calltouch_url: str = "https://api.calltouch.ru"
+    listen: HostPort = HostPort("127.0.0.1", 8080)
+    ops_listen: HostPort = HostPort("127.0.0.1", 9464)
+    queue_url: str = "sqlite:///./ct-gateway.db"
+    rate: float = 5.0
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    allowed_origins: frozenset[str] = frozenset()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    client_rate: ClientRate = ClientRate(10 / 60, 5)
+    retention: float = 7 * 86400.0
+    max_age: float = 72 * 3600.0
+    timezone: str = "Europe/Moscow"
+    log_level: str = "INFO"
+    max_body: int = 64 * 1024
+    upstream_timeout: float = 15.0
+    concurrency: int = 16
+    shutdown_grace: float = 10.0
+    sandbox: bool = False
+
+    def with_calltouch(self, url: str) -> Settings:
+        return replace(self, calltouch_url=url)
+
+
+def _req(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _parse(env: Mapping[str, str], name: str, conv: Callable[[str], T], default: T) -> T:
+    raw = _req(env, name)
+    if raw is None:
+        return default
+    try:
+        return conv(raw)
+    except ValueError as exc:
+        raise ConfigError(name, f"{exc} (got {raw!r})") from None
+
+
+def parse_duration(raw: str) -> float:
+    match = _DURATION.match(raw)
+    if not match:
+        raise ValueError("expected a duration like 30s, 15m, 72h or 7d")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_hostport(raw: str) -> HostPort:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT")
+    return HostPort(host.strip("[]") or "0.0.0.0", int(port))
+
+
+def parse_rate(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1000:
+        raise ValueError("expected requests per second, a number above 0 and at most 1000")
+    return value
+
+
+def parse_client_rate(raw: str) -> ClientRate:
+    count, _, per = raw.partition("/")
+    if not count.isdigit() or int(count) < 1 or per not in _PER:
+        raise ValueError("expected COUNT/UNIT, e.g. 10/min (units: s, min, h)")
+    return ClientRate(int(count) / _PER[per], max(1, min(5, int(count))))
+
+
+def parse_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http(s) URL")
+    return raw.rstrip("/")
+
+
+def parse_queue(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme != "sqlite" or len(parts.path) < 2:
+        raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return raw
+
+
+def parse_origins(raw: str) -> frozenset[str]:
+    origins = [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
+    for origin in origins:
+        parse_url(origin)
+    return frozenset(origins)
+
+
+def parse_networks(raw: str) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip())
+
+
+def parse_tokens(raw: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if any(len(t) < 16 for t in tokens):
+        raise ValueError("each token must be at least 16 characters")
+    return tokens
+
+
+def parse_mod_id(raw: str) -> str:
+    if not _MOD_ID.match(raw):
+        raise ValueError("expected the 8-character Calltouch counter id ([0-9a-z])")
+    return raw
+
+
+def parse_site_id(raw: str) -> str:
+    if not raw.isdigit():
+        raise ValueError("expected the numeric Calltouch site id")
+    return raw
+
+
+def parse_timezone(raw: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown time zone") from None
+    return raw
+
+
+def parse_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
+    """Build and validate settings; raises :class:`ConfigError` naming the bad variable."""
+    site_id = _parse(env, "CTGW_SITE_ID", parse_site_id, None)
+    if site_id is None:
+        if not sandbox:
+            raise ConfigError("CTGW_SITE_ID", "required (or run with --sandbox)")
+        site_id = _SANDBOX_SITE_ID
+    d = Settings(site_id=site_id)
+    return Settings(
+        site_id=site_id,
+        mod_id=_parse(env, "CTGW_MOD_ID", parse_mod_id, None),
+        calltouch_url=_parse(env, "CTGW_CALLTOUCH_URL", parse_url, d.calltouch_url),
+        listen=_parse(env, "CTGW_LISTEN", parse_hostport, d.listen),
+        ops_listen=_parse(env, "CTGW_OPS_LISTEN", parse_hostport, d.ops_listen),
+        queue_url=_parse(env, "CTGW_QUEUE", parse_queue, d.queue_url),
+        rate=_parse(env, "CTGW_RATE", parse_rate, d.rate),
+        api_tokens=_parse(env, "CTGW_API_TOKENS", parse_tokens, d.api_tokens),
+        allowed_origins=_parse(env, "CTGW_ALLOWED_ORIGINS", parse_origins, d.allowed_origins),
+        trusted_proxies=_parse(env, "CTGW_TRUSTED_PROXIES", parse_networks, d.trusted_proxies),
+        client_rate=_parse(env, "CTGW_CLIENT_RATE", parse_client_rate, d.client_rate),
+        retention=_parse(env, "CTGW_RETENTION", parse_duration, d.retention),
+        max_age=_parse(env, "CTGW_MAX_AGE", parse_duration, d.max_age),
+        timezone=_parse(env, "CTGW_TIMEZONE", parse_timezone, d.timezone),
+        log_level=_parse(env, "CTGW_LOG_LEVEL", parse_level, d.log_level),
+        sandbox=sandbox,
+    )

@@ -1,0 +1,152 @@
+"""HTTP handlers for leads: read → decode → validate → commit → answer.
+
+Handlers stay thin: decoding lives in :mod:`.bodies`, the rules in :mod:`.leads`, durability
+in the queue. Domain errors travel up as exceptions and become JSON at the edge
+(:func:`gateway.web.error_middleware`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from . import bodies, leads
+from .config import Settings
+from .errors import BadRequest, GatewayError, InvalidLead
+from .metrics import Metrics
+from .queue import GroupCommit, Put, Queue
+
+LEAD_KIND = "lead"
+Answer = tuple[web.Response, str]  # the response and its outcome label for the metrics
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+@dataclass(slots=True)
+class Intake:
+    settings: Settings
+    committer: GroupCommit
+    queue: Queue
+    metrics: Metrics
+    on_queued: Callable[[str], None]
+    draining: bool = False
+    _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
+    _tokens: list[bytes] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
+        self._tokens = [t.encode() for t in self.settings.api_tokens]
+
+    async def browser(self, request: web.Request) -> web.Response:
+        return await self._counted(request, "browser", self._browser)
+
+    async def api(self, request: web.Request) -> web.Response:
+        return await self._counted(request, "api", self._api)
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        status = await self.queue.status(request.match_info["id"])
+        if status is None:
+            raise BadRequest("not_found", "no lead with this id", status=404)
+        return json_response(status.as_dict())
+
+    async def _counted(
+        self, request: web.Request, channel: leads.Channel,
+        handler: Callable[[web.Request], Awaitable[Answer]],
+    ) -> web.Response:
+        try:
+            response, outcome = await handler(request)
+        except InvalidLead as exc:
+            self.metrics.received.labels(channel, "invalid").inc()
+            for error in exc.errors:
+                self.metrics.validation_errors.labels(error.code).inc()
+            raise
+        except (GatewayError, web.HTTPException):
+            self.metrics.received.labels(channel, "rejected").inc()
+            raise
+        self.metrics.received.labels(channel, outcome).inc()
+        return response
+
+    async def _browser(self, request: web.Request) -> Answer:
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_ok(origin, request.host):
+            raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
+        response, outcome = await self._accept(request, "browser")
+        if origin is not None and origin in self.settings.allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response, outcome
+
+    async def _api(self, request: web.Request) -> Answer:
+        self._authorise(request)
+        return await self._accept(request, "api")
+
+    def _origin_ok(self, origin: str, host: str) -> bool:
+        try:
+            same = urlsplit(origin).netloc.lower() == host.lower()
+        except ValueError:
+            same = False
+        return same or origin.rstrip("/") in self.settings.allowed_origins
+
+    def _authorise(self, request: web.Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.strip().encode()
+        # Compare against every token, always: the time taken tells nothing of which matched.
+        matches = [hmac.compare_digest(given, t) for t in self._tokens]
+        if scheme.lower() != "bearer" or not any(matches):
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="ct-gateway"'})
+
+    async def _accept(self, request: web.Request, channel: leads.Channel) -> Answer:
+        if self.draining:
+            raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
+        if (request.content_length or 0) > self.settings.max_body:
+            raise BadRequest("body_too_large", "the body is too large", status=413)
+        data = bodies.decode(request.content_type, await request.read())
+        lead = leads.validate(data, channel)
+        if lead.honeypot:
+            # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
+            return self._answer(secrets.token_urlsafe(12), "queued", 202, "spam")
+        given_number = lead.request_number
+        fields = self._complete(lead)
+        result = await self.committer.put(Put(LEAD_KIND, orjson.dumps(fields), given_number))
+        if not result.created:
+            return self._answer(result.status.id, result.status.public_status, 200, "duplicate")
+        self.on_queued(LEAD_KIND)
+        return self._answer(result.status.id, "queued", 202, "accepted")
+
+    def _complete(self, lead: leads.Lead) -> dict[str, Any]:
+        """Fix what must not change on a late delivery: the lead's time and its number."""
+        fields = dict(lead.fields)
+        fields.setdefault("requestNumber", "ctgw-" + secrets.token_urlsafe(12))
+        fields.setdefault(
+            "requestDate", datetime.fromtimestamp(time.time(), self._tz).strftime(leads.DATE_FORMAT)
+        )
+        return fields
+
+    @staticmethod
+    def _answer(job_id: str, status: str, code: int, outcome: str) -> Answer:
+        return json_response({"id": job_id, "status": status}, code), outcome
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin", "")
+        if origin not in self.settings.allowed_origins:
+            raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        })

@@ -1,0 +1,180 @@
+"""The lead model: normalisation and validation of Calltouch's register fields (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .errors import FieldError, InvalidLead
+
+Channel = Literal["browser", "api"]
+
+MAX_CUSTOM_FIELDS = 20
+MAX_TAGS = 20
+CONTACT_FIELDS = ("fio", "phoneNumber", "email")
+DATE_FORMAT = "%d.%m.%Y %H:%M:%S"
+
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]{2,}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class _Bad(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A valid, normalised lead; ``fields`` holds only what is set, in Calltouch's names."""
+
+    fields: Mapping[str, Any]
+    honeypot: bool = False
+
+    @property
+    def request_number(self) -> str | None:
+        value = self.fields.get("requestNumber")
+        return value if isinstance(value, str) else None
+
+
+def _text(value: object, limit: int, *, multiline: bool = False) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _Bad("invalid_type", "must be a string")
+    text = str(value).strip()
+    if len(text) > limit:
+        raise _Bad("too_long", f"must be at most {limit} characters")
+    if _CONTROL.search(text) or (not multiline and ("\n" in text or "\r" in text)):
+        raise _Bad("invalid_characters", "must not contain control characters")
+    return text
+
+
+def normalise_phone(value: object) -> str:
+    raw = _text(value, 64)
+    digits = "".join(ch for ch in raw if "0" <= ch <= "9")
+    if len(digits) == 11 and digits[0] == "8":
+        digits = "7" + digits[1:]
+    elif len(digits) == 10:
+        digits = "7" + digits
+    if len(digits) != 11 or digits[0] != "7" or re.search(r"[^\d\s()+\-.]", raw):
+        raise _Bad("invalid_phone", "must be a Russian phone number: 11 digits starting 7 or 8")
+    return digits
+
+
+def normalise_email(value: object) -> str:
+    email = _text(value, 254)
+    if not _EMAIL.match(email):
+        raise _Bad("invalid_email", "must be an e-mail address like name@example.com")
+    local, _, domain = email.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def normalise_url(value: object) -> str:
+    url = _text(value, 2048)
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _Bad("invalid_url", "must be an http(s) URL")
+    return url
+
+
+def normalise_session(value: object) -> str:
+    session = _text(value, 20)
+    if not session.isascii() or not session.isdigit():
+        raise _Bad("invalid_session", "must be the numeric Calltouch session id")
+    return session
+
+
+def normalise_tags(value: object) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    tags = [t.strip() for item in items for t in _text(item, 1024).split(",") if t.strip()]
+    if len(tags) > MAX_TAGS or any(len(t) > 64 for t in tags):
+        raise _Bad("too_many_tags", f"at most {MAX_TAGS} tags of at most 64 characters")
+    return tags
+
+
+def normalise_date(value: object) -> str:
+    text = _text(value, 32)
+    for parse in (lambda s: datetime.strptime(s, DATE_FORMAT), datetime.fromisoformat):
+        try:
+            return parse(text).strftime(DATE_FORMAT)
+        except ValueError:
+            continue
+    raise _Bad("invalid_date", "must be dd.mm.yyyy hh:mm:ss or ISO 8601")
+
+
+def normalise_custom(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Bad("invalid_type", "must be an object of name: value")
+    if len(value) > MAX_CUSTOM_FIELDS:
+        raise _Bad("too_many_custom_fields", f"at most {MAX_CUSTOM_FIELDS} custom fields")
+    fields: dict[str, str] = {}
+    for name, item in value.items():
+        key = _text(name, 64)
+        if not key or "[" in key or "]" in key:
+            raise _Bad("invalid_custom_field", "names must be non-empty, without brackets")
+        text = _text(item, 1024, multiline=True)
+        if not text:
+            raise _Bad("invalid_custom_field", f"value of {key!r} must not be empty")
+        fields[key] = text
+    return fields
+
+
+def _limited(limit: int, *, multiline: bool = False) -> Callable[[object], str]:
+    return lambda value: _text(value, limit, multiline=multiline)
+
+
+_NORMALISERS: dict[str, Callable[[object], object]] = {
+    "fio": _limited(256),
+    "phoneNumber": normalise_phone,
+    "email": normalise_email,
+    "subject": _limited(256),
+    "comment": _limited(4096, multiline=True),
+    "tags": normalise_tags,
+    "requestUrl": normalise_url,
+    "sessionId": normalise_session,
+    "requestNumber": _limited(256),
+    "requestDate": normalise_date,
+    "customFields": normalise_custom,
+}
+_BROWSER_FORBIDDEN = frozenset({"requestDate"})
+
+
+def _is_empty(value: object) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _check(name: str, value: object, channel: Channel) -> object:
+    if name not in _NORMALISERS:
+        raise _Bad("unknown_field", "is not a lead field")
+    if channel == "browser" and name in _BROWSER_FORBIDDEN:
+        raise _Bad("not_allowed", "may only be set by server-side callers")
+    return _NORMALISERS[name](value)
+
+
+def validate(data: Mapping[str, object], channel: Channel) -> Lead:
+    """Normalise a decoded body into a :class:`Lead` or raise :class:`InvalidLead`."""
+    fields: dict[str, object] = {}
+    errors: list[FieldError] = []
+    for name, value in data.items():
+        if name == "_honeypot" or (_is_empty(value) and name in _NORMALISERS):
+            continue
+        try:
+            normalised = _check(name, value, channel)
+        except _Bad as bad:
+            errors.append(FieldError(name[:64], bad.code, str(bad)))
+            continue
+        if not _is_empty(normalised):
+            fields[name] = normalised
+    if not errors and not any(f in fields for f in CONTACT_FIELDS):
+        message = "at least one of fio, phoneNumber, email is required"
+        errors.append(FieldError(None, "contact_required", message))
+    if errors:
+        raise InvalidLead(errors)
+    return Lead(fields, honeypot=not _is_empty(data.get("_honeypot")))

@@ -1,0 +1,94 @@
+"""Every metric of the gateway, on an injected registry (a fresh one per test).
+
+Labels carry only bounded, non-personal values: channels, outcomes, codes, routes, states.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_UPSTREAM = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0)
+_DELIVERY = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+_WAIT = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        Info("ctgw_build", "Version of the running gateway.", registry=r).info(
+            {"version": __version__}
+        )
+        self.received = Counter(
+            "ctgw_leads_received", "Leads posted to the gateway, by channel and outcome.",
+            ["channel", "outcome"], registry=r,
+        )
+        self.validation_errors = Counter(
+            "ctgw_validation_errors", "Field errors in rejected leads, by code.",
+            ["code"], registry=r,
+        )
+        self.upstream = Counter(
+            "ctgw_upstream_requests", "Requests to Calltouch, by method and outcome.",
+            ["method", "outcome"], registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "ctgw_upstream_request_duration_seconds", "Calltouch answer time.",
+            ["method"], buckets=_UPSTREAM, registry=r,
+        )
+        self.delivered = Counter(
+            "ctgw_leads_delivered", "Leads Calltouch accepted.", registry=r
+        )
+        self.dead = Counter(
+            "ctgw_leads_dead", "Leads dead-lettered, by reason.", ["reason"], registry=r
+        )
+        self.delivery_seconds = Histogram(
+            "ctgw_lead_delivery_seconds", "Time from acceptance to delivery.",
+            buckets=_DELIVERY, registry=r,
+        )
+        self.rate_limit = Gauge(
+            "ctgw_upstream_rate_limit", "The pacer's current requests per second.", registry=r
+        )
+        self.rate_limit_max = Gauge(
+            "ctgw_upstream_rate_limit_max", "The configured requests per second.", registry=r
+        )
+        self.pacer_wait = Histogram(
+            "ctgw_pacer_wait_seconds", "Time a send waited for the pacer.",
+            buckets=_WAIT, registry=r,
+        )
+        self.http = Counter(
+            "ctgw_http_requests", "Requests to the public listener.",
+            ["route", "method", "status"], registry=r,
+        )
+        self.http_seconds = Histogram(
+            "ctgw_http_request_duration_seconds", "Public listener answer time.",
+            ["route"], buckets=_FAST, registry=r,
+        )
+        self.ready = Gauge("ctgw_ready", "1 while the gateway takes leads.", registry=r)
+        self.queue = QueueCollector()
+        r.register(self.queue)
+
+
+class QueueCollector(Collector):
+    """Queue gauges from the last stats read (refreshed by the ``/metrics`` handler)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, int] = {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+        self.oldest_age = 0.0
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("ctgw_queue_jobs", "Jobs in the queue, by state.",
+                                 labels=["state"])
+        for state, count in self.jobs.items():
+            jobs.add_metric([state], count)
+        oldest = GaugeMetricFamily(
+            "ctgw_queue_oldest_age_seconds", "Age of the oldest undelivered job.",
+            value=self.oldest_age,
+        )
+        return [jobs, oldest]

@@ -1,0 +1,32 @@
+"""The durable job queue: the contract (:mod:`.base`) and its backends."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .base import PENDING, Job, Put, PutResult, Queue, State, Stats, Status
+from .batching import GroupCommit
+
+
+async def open_queue(url: str) -> Queue:
+    """Open the backend that ``url`` names (``sqlite:///…``; ``redis://`` comes later)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from .sqlite import SQLiteQueue
+
+        return await SQLiteQueue.open(url)
+    raise ValueError(f"unsupported queue backend: {scheme!r}")
+
+
+__all__ = [
+    "PENDING",
+    "GroupCommit",
+    "Job",
+    "Put",
+    "PutResult",
+    "Queue",
+    "State",
+    "Stats",
+    "Status",
+    "open_queue",
+]

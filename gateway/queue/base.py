@@ -1,0 +1,119 @@
+"""The queue contract every backend fulfils (see ``tests/test_queue_contract.py``).
+
+A job moves ``ready → leased → delivered``; a failed send moves it to ``delayed`` (retry at a
+time) or ``dead``; a lease that is not acked in time expires and the job is leased again. A
+job's ``lease`` number changes with every lease, so an answer from an expired lease cannot
+overwrite the outcome of a newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class State(StrEnum):
+    READY = "ready"
+    LEASED = "leased"
+    DELAYED = "delayed"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+PENDING = (State.READY, State.LEASED, State.DELAYED)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str
+    payload: bytes
+    created_at: float
+    attempts: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """What to enqueue; ``dedup_key`` makes a repeat return the first job."""
+
+    kind: str
+    payload: bytes
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A job as the status API and the CLI show it: no payload, so no personal data."""
+
+    id: str
+    kind: str
+    state: State
+    created_at: float
+    attempts: int
+    last_error: str | None
+    upstream_id: str | None
+
+    @property
+    def public_status(self) -> str:
+        if self.state in (State.DELIVERED, State.DEAD):
+            return self.state.value
+        return "retrying" if self.attempts else "queued"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.public_status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "request_id": self.upstream_id,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    status: Status
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    counts: dict[State, int]
+    oldest_pending_at: float | None
+
+
+class Queue(Protocol):
+    async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
+        """Commit durably (fsync) before returning; dedup on ``(kind, dedup_key)``."""
+
+    async def lease(self, kind: str, limit: int, now: float, visibility: float) -> list[Job]:
+        """Take up to ``limit`` visible jobs, oldest first, invisible until ``now + visibility``."""
+
+    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
+        """Mark delivered; ``False`` when the lease was lost."""
+
+    async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
+        """Make the job visible again at ``at``, counting the attempt."""
+
+    async def release(self, job: Job) -> bool:
+        """Give a lease back unsent (shutdown): visible at once, no attempt counted."""
+
+    async def bury(self, job: Job, reason: str, now: float) -> bool:
+        """Dead-letter the job with its reason."""
+
+    async def status(self, job_id: str) -> Status | None: ...
+
+    async def dead(self, limit: int) -> list[Status]: ...
+
+    async def replay(self, job_ids: Sequence[str] | None, now: float) -> int:
+        """Make dead jobs ready again (all of them when ``job_ids`` is ``None``)."""
+
+    async def next_visible_at(self, kind: str) -> float | None: ...
+
+    async def stats(self) -> Stats: ...
+
+    async def close(self) -> None: ...

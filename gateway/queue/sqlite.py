@@ -1,0 +1,265 @@
+"""SQLite backend: WAL, ``synchronous=FULL`` (fsync on commit), one writer thread.
+
+Every call runs on a single-thread executor that owns its connection, so the event loop never
+blocks on disk; reads that may scan (stats, listings) use a second connection and thread, so a
+scrape never holds up a commit. Group commit lives in :mod:`gateway.queue.batching`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from .base import PENDING, Job, Put, PutResult, State, Stats, Status
+
+T = TypeVar("T")
+
+_PENDING_SQL = "('ready', 'leased', 'delayed')"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    payload     BLOB,
+    dedup_key   TEXT,
+    created_at  REAL NOT NULL,
+    visible_at  REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    lease       INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    upstream_id TEXT,
+    done_at     REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedup ON jobs (kind, dedup_key)
+    WHERE dedup_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (kind, visible_at, state)
+    WHERE state IN {_PENDING_SQL};
+CREATE INDEX IF NOT EXISTS jobs_age ON jobs (created_at) WHERE state IN {_PENDING_SQL};
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs (state, done_at)
+    WHERE state IN ('delivered', 'dead');
+"""
+_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id"
+
+
+def path_from_url(url: str) -> Path:
+    """``sqlite:///./rel.db`` is relative, ``sqlite:////abs.db`` absolute (SQLAlchemy's form)."""
+    path = urlsplit(url).path
+    return Path(path[1:] if path.startswith("/") else path)
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite touches it: the store holds personal data.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _status(row: tuple[object, ...]) -> Status:
+    id_, kind, state, created, attempts, error, upstream = row
+    return Status(
+        str(id_), str(kind), State(state), float(created),  # type: ignore[arg-type]
+        int(attempts), error, upstream,  # type: ignore[call-overload, arg-type]
+    )
+
+
+class SQLiteQueue:
+    """The :class:`~gateway.queue.base.Queue` contract on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-w")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-r")
+        self._w: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> SQLiteQueue:
+        queue = cls(path_from_url(url))
+        await queue._write(queue._open_writer)
+        queue._r = await queue._read(lambda: _connect(queue.path))
+        return queue
+
+    def _open_writer(self) -> None:
+        self._w = _connect(self.path)
+        self._w.executescript(_SCHEMA)
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            assert self._w is not None
+            self._w.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._w)
+            except BaseException:
+                self._w.execute("ROLLBACK")
+                raise
+            self._w.execute("COMMIT")
+            return result
+
+        return run
+
+    async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
+        return await self._write(self._tx(lambda c: [self._put(c, i, now) for i in items]))
+
+    @staticmethod
+    def _put(conn: sqlite3.Connection, item: Put, now: float) -> PutResult:
+        if item.dedup_key is not None:
+            row = conn.execute(
+                f"SELECT {_STATUS_COLS} FROM jobs WHERE kind = ? AND dedup_key = ?",
+                (item.kind, item.dedup_key),
+            ).fetchone()
+            if row is not None:
+                return PutResult(_status(row), created=False)
+        job_id = new_id()
+        conn.execute(
+            "INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at)"
+            " VALUES (?, ?, 'ready', ?, ?, ?, ?)",
+            (job_id, item.kind, item.payload, item.dedup_key, now, now),
+        )
+        status = Status(job_id, item.kind, State.READY, now, 0, None, None)
+        return PutResult(status, created=True)
+
+    async def lease(self, kind: str, limit: int, now: float, visibility: float) -> list[Job]:
+        def run(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "SELECT id, kind, payload, created_at, attempts, lease FROM jobs"
+                f" WHERE kind = ? AND state IN {_PENDING_SQL} AND visible_at <= ?"
+                " ORDER BY visible_at LIMIT ?",
+                (kind, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE jobs SET state = 'leased', visible_at = ?, lease = lease + 1"
+                " WHERE id = ?",
+                [(now + visibility, row[0]) for row in rows],
+            )
+            return [Job(r[0], r[1], r[2], r[3], r[4], r[5] + 1) for r in rows]
+
+        return await self._write(self._tx(run))
+
+    async def _finish(self, job: Job, sql: str, args: tuple[object, ...]) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"{sql} WHERE id = ? AND lease = ? AND state = 'leased'",
+                (*args, job.id, job.lease),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(self._tx(run))
+
+    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
+        return await self._finish(
+            job,
+            "UPDATE jobs SET state = 'delivered', upstream_id = ?, done_at = ?,"
+            " attempts = attempts + 1, last_error = NULL",
+            (upstream_id, now),
+        )
+
+    async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
+        return await self._finish(
+            job,
+            "UPDATE jobs SET state = 'delayed', visible_at = ?, attempts = attempts + 1,"
+            " last_error = ?",
+            (at, error),
+        )
+
+    async def release(self, job: Job) -> bool:
+        return await self._finish(
+            job, "UPDATE jobs SET state = 'ready', visible_at = created_at", ()
+        )
+
+    async def bury(self, job: Job, reason: str, now: float) -> bool:
+        return await self._finish(
+            job,
+            "UPDATE jobs SET state = 'dead', last_error = ?, done_at = ?,"
+            " attempts = attempts + 1",
+            (reason, now),
+        )
+
+    async def status(self, job_id: str) -> Status | None:
+        def run() -> Status | None:
+            assert self._r is not None
+            sql = f"SELECT {_STATUS_COLS} FROM jobs WHERE id = ?"
+            row = self._r.execute(sql, (job_id,)).fetchone()
+            return None if row is None else _status(row)
+
+        return await self._read(run)
+
+    async def dead(self, limit: int) -> list[Status]:
+        def run() -> list[Status]:
+            assert self._r is not None
+            rows = self._r.execute(
+                f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'dead'"
+                " ORDER BY done_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_status(r) for r in rows]
+
+        return await self._read(run)
+
+    async def replay(self, job_ids: Sequence[str] | None, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            sql = (
+                "UPDATE jobs SET state = 'ready', visible_at = ?, attempts = 0,"
+                " created_at = ?, done_at = NULL WHERE state = 'dead'"
+            )
+            if job_ids is None:
+                return conn.execute(sql, (now, now)).rowcount
+            return sum(conn.execute(f"{sql} AND id = ?", (now, now, i)).rowcount for i in job_ids)
+
+        return await self._write(self._tx(run))
+
+    async def next_visible_at(self, kind: str) -> float | None:
+        def run() -> float | None:
+            assert self._r is not None
+            row = self._r.execute(
+                f"SELECT min(visible_at) FROM jobs WHERE kind = ? AND state IN {_PENDING_SQL}",
+                (kind,),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._read(run)
+
+    async def stats(self) -> Stats:
+        def run() -> Stats:
+            assert self._r is not None
+            counts = {state: 0 for state in State}
+            for state, count in self._r.execute(
+                "SELECT state, count(*) FROM jobs GROUP BY state"
+            ).fetchall():
+                counts[State(state)] = int(count)
+            oldest = self._r.execute(
+                f"SELECT min(created_at) FROM jobs WHERE state IN {_PENDING_SQL}"
+            ).fetchone()[0]
+            return Stats(counts, None if oldest is None else float(oldest))
+
+        return await self._read(run)
+
+    async def close(self) -> None:
+        for conn, pool in ((self._r, self._reader), (self._w, self._writer)):
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+            pool.shutdown(wait=True)
+
+
+__all__ = ["PENDING", "SQLiteQueue"]

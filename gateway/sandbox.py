@@ -1,0 +1,235 @@
+"""A Calltouch simulator: the register endpoint as documented, its limit, and fault knobs.
+
+* ``…/requests/{site_id}/register/`` (GET or POST form): the documented success JSON; HTTP 200
+  with the documented error text when no parameter is given; 429 when a client IP has had 5
+  requests executed within the last second (as Calltouch counts: executed ones only).
+* ``GET /sandbox/requests`` — everything received (arrival time, status, form);
+  ``GET /sandbox/stats`` — counts and the most arrivals seen in any sliding 1 s window;
+  ``POST /sandbox/config`` — ``{"latency": [lo, hi], "fault": "503"|"hang"|"429"|"error200"|
+  null, "fault_rate": 0..1}``; ``POST /sandbox/reset``.
+
+It runs as its own process (``python -m gateway.sandbox``) or on a thread with its own event
+loop (``ct-gateway serve --sandbox``), so its clock is not skewed by the gateway's loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
+NO_PARAMS = "Не возможно создать заявку - не указано ни одного входного параметра"
+FAULTS = ("503", "hang", "429", "error200")
+LIMIT, WINDOW = 5, 1.0
+
+
+@dataclass
+class Arrival:
+    at: float
+    ip: str
+    status: int
+    form: dict[str, str]
+
+
+@dataclass
+class SandboxState:
+    latency: tuple[float, float] = (0.0, 0.0)
+    fault: str | None = None
+    fault_rate: float = 1.0
+    arrivals: list[Arrival] = field(default_factory=list)
+    executed: dict[str, deque[float]] = field(default_factory=dict)
+    next_id: int = 5222102
+
+    def over_limit(self, ip: str, now: float) -> bool:
+        window = self.executed.setdefault(ip, deque())
+        while window and window[0] <= now - WINDOW:
+            window.popleft()
+        if len(window) >= LIMIT:
+            return True
+        window.append(now)
+        return False
+
+
+STATE = web.AppKey("sandbox_state", SandboxState)
+
+
+def max_in_window(times: list[float], window: float = WINDOW) -> int:
+    """The most arrivals in any half-open sliding window ``(t - window, t]``."""
+    ordered, best, lo = sorted(times), 0, 0
+    for hi, t in enumerate(ordered):
+        while ordered[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def _success(state: SandboxState, form: dict[str, str]) -> dict[str, Any]:
+    state.next_id += 1
+    now = time.time()
+    phone = "".join(ch for ch in form.get("phoneNumber", "") if ch.isdigit())
+    return {
+        "date": int(now * 1000),
+        "requestType": "CLIENT_ORDER",
+        "dateStr": time.strftime("%d/%m/%Y %H:%M:%S", time.localtime(now)),
+        "session": {"sessionId": int(form["sessionId"])} if form.get("sessionId") else None,
+        "subject": form.get("subject", ""),
+        "requestNumber": form.get("requestNumber", str(state.next_id)),
+        "requestId": state.next_id,
+        "client": {"fio": form.get("fio"), "phones": [{"phoneNumber": phone}] if phone else []},
+        "orders": [],
+        "status": "NOT_SET",
+    }
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()
+    state = request.app[STATE]
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    form.update(request.query)
+    status = _decide(state, request.remote or "?", arrived)
+    state.arrivals.append(Arrival(arrived, request.remote or "?", status, form))
+    lo, hi = state.latency
+    await asyncio.sleep(random.uniform(lo, hi))
+    if status == 599:  # a hang: answer nothing until the client gives up
+        await asyncio.Event().wait()
+    if status == 429:
+        return web.json_response({"message": "Too Many Requests"}, status=429)
+    if status != 200:
+        return web.Response(status=status, text="Service Unavailable")
+    if not form or (state.fault == "error200" and _faulty(state)):
+        return web.Response(text=NO_PARAMS, content_type="text/plain")
+    return web.Response(body=orjson.dumps(_success(state, form)), content_type="application/json")
+
+
+def _faulty(state: SandboxState) -> bool:
+    return random.random() < state.fault_rate
+
+
+def _decide(state: SandboxState, ip: str, now: float) -> int:
+    if state.fault in ("503", "hang", "429") and _faulty(state):
+        return {"503": 503, "hang": 599, "429": 429}[state.fault]
+    return 429 if state.over_limit(ip, now) else 200
+
+
+async def requests_log(request: web.Request) -> web.Response:
+    arrivals = request.app[STATE].arrivals
+    rows = [{"at": a.at, "ip": a.ip, "status": a.status, "form": a.form} for a in arrivals]
+    return web.Response(body=orjson.dumps(rows), content_type="application/json")
+
+
+async def stats(request: web.Request) -> web.Response:
+    arrivals = request.app[STATE].arrivals
+    counts: dict[str, int] = {}
+    for a in arrivals:
+        counts[str(a.status)] = counts.get(str(a.status), 0) + 1
+    body = {"received": len(arrivals), "by_status": counts,
+            "max_in_window": max_in_window([a.at for a in arrivals])}
+    return web.json_response(body)
+
+
+async def configure(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = await request.json(loads=orjson.loads)
+    if "latency" in data:
+        lo, hi = (float(x) for x in data["latency"])
+        state.latency = (lo, max(lo, hi))
+    if "fault" in data:
+        if data["fault"] not in (*FAULTS, None):
+            raise web.HTTPBadRequest(text=f"fault must be one of {FAULTS} or null")
+        state.fault = data["fault"]
+    state.fault_rate = float(data.get("fault_rate", state.fault_rate))
+    return web.json_response({"latency": state.latency, "fault": state.fault})
+
+
+async def reset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.arrivals.clear()
+    state.executed.clear()
+    return web.json_response({"ok": True})
+
+
+def create_sandbox(latency: tuple[float, float] = (0.0, 0.0)) -> web.Application:
+    app = web.Application()
+    app[STATE] = SandboxState(latency=latency)
+    app.router.add_route("*", REGISTER, register)
+    app.router.add_get("/sandbox/requests", requests_log)
+    app.router.add_get("/sandbox/stats", stats)
+    app.router.add_post("/sandbox/config", configure)
+    app.router.add_post("/sandbox/reset", reset)
+    return app
+
+
+class SandboxThread:
+    """The sandbox on a thread with its own event loop; ``url`` is set once it listens."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 latency: tuple[float, float] = (0.05, 0.3)) -> None:
+        self.app = create_sandbox(latency)
+        self.url = ""
+        self._host, self._port = host, port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="ctgw-sandbox", daemon=True)
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        if not self._ready.wait(10) or not self.url:
+            raise RuntimeError("the sandbox did not start")
+        return self.url
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self.url = self._loop.run_until_complete(_listen(self._runner, self._host, self._port))
+        finally:
+            self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> str:
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    return f"http://{bound_host}:{bound_port}"
+
+
+async def _serve(host: str, port: int, latency: tuple[float, float]) -> None:
+    runner = web.AppRunner(create_sandbox(latency), access_log=None, handler_cancellation=True)
+    print(f"sandbox listening {await _listen(runner, host, port)}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway.sandbox")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--latency", default="0.05,0.3", help="seconds: LO,HI")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    lo, hi = (float(x) for x in args.latency.split(","))
+    asyncio.run(_serve(host, int(port), (lo, hi)))
+
+
+if __name__ == "__main__":
+    main()
