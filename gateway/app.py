@@ -96,6 +96,7 @@ async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     relay = Relay(
         app[QUEUE], pacer, [LeadSender(client)], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
+        lease_timeout=settings.lease_timeout,
     )
     metrics.rate_limit.set_function(lambda: pacer.current)
     metrics.rate_limit_max.set(settings.rate)

@@ -63,6 +63,7 @@ class Settings:
     client_rate: ClientRate = ClientRate(10 / 60, 5)
     retention: float = 7 * 86400.0
     max_age: float = 72 * 3600.0
+    lease_timeout: float = 60.0
     timezone: str = "Europe/Moscow"
     log_level: str = "INFO"
     max_body: int = 64 * 1024
@@ -102,6 +103,14 @@ def parse_hostport(raw: str) -> HostPort:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT")
     return HostPort(host.strip("[]") or "0.0.0.0", int(port))
+
+
+def parse_lease(raw: str) -> float:
+    seconds = parse_duration(raw)
+    # A lease must outlast the pacer's wait and the upstream timeout, or sends would overlap.
+    if seconds < 20:
+        raise ValueError("must be at least 20s")
+    return seconds
 
 
 def parse_rate(raw: str) -> float:
@@ -199,6 +208,7 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         client_rate=_parse(env, "CTGW_CLIENT_RATE", parse_client_rate, d.client_rate),
         retention=_parse(env, "CTGW_RETENTION", parse_duration, d.retention),
         max_age=_parse(env, "CTGW_MAX_AGE", parse_duration, d.max_age),
+        lease_timeout=_parse(env, "CTGW_LEASE_TIMEOUT", parse_lease, d.lease_timeout),
         timezone=_parse(env, "CTGW_TIMEZONE", parse_timezone, d.timezone),
         log_level=_parse(env, "CTGW_LOG_LEVEL", parse_level, d.log_level),
         sandbox=sandbox,

@@ -12,6 +12,14 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 
+CHANNELS = ("browser", "api")
+RECEIVED_OUTCOMES = ("accepted", "duplicate", "invalid", "rejected", "spam", "throttled")
+UPSTREAM_OUTCOMES = (
+    "ok", "rate_limited", "server_error", "client_error", "timeout", "network_error",
+    "invalid_answer",
+)
+DEAD_REASONS = ("client_error", "invalid_answer", "expired")
+
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _UPSTREAM = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0)
 _DELIVERY = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
@@ -73,6 +81,17 @@ class Metrics:
         self.ready = Gauge("ctgw_ready", "1 while the gateway takes leads.", registry=r)
         self.queue = QueueCollector()
         r.register(self.queue)
+        self._zero()
+
+    def _zero(self) -> None:
+        # Series that exist from the start let increase() see the first event.
+        for channel in CHANNELS:
+            for outcome in RECEIVED_OUTCOMES:
+                self.received.labels(channel, outcome)
+        for outcome in UPSTREAM_OUTCOMES:
+            self.upstream.labels("register", outcome)
+        for reason in DEAD_REASONS:
+            self.dead.labels(reason)
 
 
 class QueueCollector(Collector):

@@ -1,0 +1,102 @@
+"""Shared fixtures: real servers on loopback port 0, real SQLite files, the sandbox.
+
+Every log line of the run (in-process records and the output of gateway subprocesses) is
+kept in :data:`tests.support.LOG_LINES`; ``test_zz_no_pii.py`` reads them at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.app import OPS_RUNNER, create_app
+from gateway.config import HostPort, Settings
+from gateway.logs import JsonFormatter
+from gateway.metrics import Metrics
+from gateway.sandbox import SandboxThread
+
+from .support import LOG_LINES, TOKEN, Gateway
+
+
+class _Keep(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG_LINES.append(self.format(record))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def keep_logs() -> Iterator[None]:
+    handler = _Keep(logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxThread]:
+    simulator = SandboxThread(latency=(0.0, 0.05))
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, sandbox: SandboxThread) -> Settings:
+    return Settings(
+        site_id="18990",
+        calltouch_url=sandbox.url,
+        listen=HostPort("127.0.0.1", 0),
+        ops_listen=HostPort("127.0.0.1", 0),
+        queue_url=f"sqlite:///{tmp_path / 'queue.db'}",
+        api_tokens=(TOKEN,),
+        upstream_timeout=2.0,
+        shutdown_grace=2.0,
+    )
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[object]:
+    """A factory: ``await start_gateway(settings)`` runs a gateway in this event loop."""
+    runners: list[web.AppRunner] = []
+
+    async def start(settings: Settings) -> Gateway:
+        metrics = Metrics()
+        runner = web.AppRunner(create_app(settings, metrics), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+        runners.append(runner)
+        ops = runner.app[OPS_RUNNER]
+        return Gateway(_url(runner), _url(ops), runner, metrics)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(start_gateway: object, settings: Settings) -> Gateway:
+    return await start_gateway(settings)  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+__all__ = ["Gateway", "replace"]

@@ -1,0 +1,378 @@
+"""Checks on deploy/: the Prometheus alert rules and their unit tests, the Grafana dashboard
+and its PromQL, the metric names both use, and the Dockerfile, compose file, systemd unit and
+nginx snippet.
+
+promtool is required: without it the PromQL tests skip locally and fail when CI is set.
+nginx, systemd-analyze and PyYAML are optional; their checks skip when they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "ct-gateway.json"
+DOCKERFILE = DEPLOY / "Dockerfile"
+COMPOSE = DEPLOY / "compose.yml"
+UNIT = DEPLOY / "systemd" / "ct-gateway.service"
+NGINX = DEPLOY / "nginx" / "ct-gateway.conf"
+
+TIMEOUT = 60
+DATASOURCE_UID = "${datasource}"
+EXPECTED_ALERTS = {
+    "CtGatewayDown",
+    "CtGatewayNotReady",
+    "CtGatewayIntake5xx",
+    "CtGatewayOldestLeadTooOld",
+    "CtGatewayDeadLettersGrowing",
+    "CtGatewayUpstreamErrors",
+    "CtGatewayUpstreamRateLimited",
+}
+# Grafana's built-in interval variables, and what stands in for them when checking PromQL.
+GRAFANA_INTERVALS = {"__rate_interval", "__interval", "__range"}
+METRIC_NAME = re.compile(r"\b(?:ctgw|process)_[a-zA-Z0-9_]+\b")
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def require_promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        reason = "promtool is not installed (Debian/Ubuntu: apt-get install prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the Prometheus rule checks")
+        pytest.skip(reason)
+    return path
+
+
+def optional_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+# --- Prometheus rules -------------------------------------------------------------------
+
+
+def alert_names() -> list[str]:
+    return re.findall(r"^\s*- alert:\s*(\w+)\s*$", ALERTS.read_text(), flags=re.M)
+
+
+def test_alert_rules_pass_promtool_check() -> None:
+    promtool = require_promtool()
+    result = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", ALERTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_names())} rules found" in result.stdout
+
+
+def test_alert_rule_unit_tests_pass() -> None:
+    promtool = require_promtool()
+    result = run(promtool, "test", "rules", ALERTS_TEST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+    assert "FAILED" not in result.stdout + result.stderr
+
+
+def test_prometheus_config_is_valid(tmp_path: Path) -> None:
+    promtool = require_promtool()
+    # The config names the rule file by its path inside the Prometheus container.
+    config = PROMETHEUS_CONFIG.read_text()
+    assert "/etc/prometheus/alerts.yml" in config
+    assert re.search(r"job_name:\s*ct-gateway\b", config)
+    local = tmp_path / "prometheus.yml"
+    local.write_text(config.replace("/etc/prometheus/alerts.yml", str(ALERTS)))
+    result = run(promtool, "check", "config", local)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_documented_and_unit_tested() -> None:
+    names = alert_names()
+    assert set(names) == EXPECTED_ALERTS
+    assert len(names) == len(set(names)), "duplicate alert names"
+
+    rules = re.split(r"^\s*- alert:", ALERTS.read_text(), flags=re.M)[1:]
+    for rule in rules:
+        name = rule.split()[0]
+        assert re.search(r"^\s+summary:", rule, flags=re.M), f"{name} has no summary"
+        assert re.search(r"^\s+runbook:", rule, flags=re.M), f"{name} has no runbook"
+
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    cases = re.split(r"^\s*- alertname:", ALERTS_TEST.read_text(), flags=re.M)[1:]
+    for case in cases:
+        name = case.split()[0]
+        if re.search(r"exp_alerts:\s*\[\]", case):
+            quiet.add(name)
+        elif "exp_labels:" in case:
+            firing.add(name)
+    assert firing == EXPECTED_ALERTS, f"no firing case for {EXPECTED_ALERTS - firing}"
+    assert quiet == EXPECTED_ALERTS, f"no quiet case for {EXPECTED_ALERTS - quiet}"
+
+
+# --- Grafana dashboard ------------------------------------------------------------------
+
+
+def load_dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
+
+
+def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels", []))  # rows, collapsed or not
+
+
+def graph_panels() -> list[dict[str, Any]]:
+    return [p for p in all_panels(load_dashboard()["panels"]) if p["type"] != "row"]
+
+
+def dashboard_exprs() -> dict[str, str]:
+    """Every panel target's PromQL, keyed by a recording-rule-safe name."""
+    return {
+        f"ctgw_dashboard:panel_{panel['id']}_{target['refId']}": target["expr"]
+        for panel in graph_panels()
+        for target in panel["targets"]
+    }
+
+
+def substitute_variables(expr: str) -> str:
+    """Replace Grafana variables with values promtool can parse."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2) or match.group(3)
+        # Intervals become a duration; template variables sit in regex matchers (=~"$x").
+        return "5m" if name in GRAFANA_INTERVALS else ".*"
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]", value, expr)
+
+
+def test_dashboard_has_identity_and_datasource_variable() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["uid"] == "ct-gateway"
+    assert dashboard["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == DATASOURCE_UID
+
+
+def test_every_panel_queries_through_the_datasource_variable() -> None:
+    panels = graph_panels()
+    assert len(panels) >= 10
+    ids = [p["id"] for p in all_panels(load_dashboard()["panels"])]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    for panel in panels:
+        title = panel["title"]
+        assert panel["datasource"]["uid"] == DATASOURCE_UID, title
+        assert panel["targets"], f"{title} has no targets"
+        for target in panel["targets"]:
+            assert isinstance(target.get("expr"), str), title
+            assert target["expr"].strip(), f"{title} has an empty expr"
+            assert target.get("datasource", panel["datasource"])["uid"] == DATASOURCE_UID, title
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, title
+
+
+def test_dashboard_covers_the_key_signals() -> None:
+    exprs = "\n".join(dashboard_exprs().values())
+    assert "histogram_quantile(0.99, sum by (le) (rate(ctgw_lead_delivery_seconds_bucket" in exprs
+    for needle in (
+        "ctgw_leads_received_total",
+        "ctgw_leads_delivered_total",
+        "ctgw_leads_dead_total",
+        "ctgw_queue_jobs",
+        "ctgw_queue_oldest_age_seconds",
+        'outcome="rate_limited"',
+        "ctgw_upstream_request_duration_seconds_bucket",
+        "ctgw_upstream_rate_limit_max",
+        'status=~"5.."',
+    ):
+        assert needle in exprs, needle
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    promtool = require_promtool()
+    exprs = {name: substitute_variables(expr) for name, expr in dashboard_exprs().items()}
+    for name, expr in exprs.items():
+        assert "$" not in expr and "[[" not in expr, f"{name}: unreplaced variable in {expr}"
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": name, "expr": expr} for name, expr in exprs.items()],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(json.dumps(rules, indent=2))  # JSON is YAML
+    result = run(promtool, "check", "rules", "--lint=none", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
+
+
+def test_substitute_variables() -> None:
+    expr = 'rate(x{instance=~"$instance", job=~"${job:regex}"}[$__rate_interval])'
+    assert substitute_variables(expr) == 'rate(x{instance=~".*", job=~".*"}[5m])'
+
+
+# --- metric names -----------------------------------------------------------------------
+
+
+def alert_exprs() -> list[str]:
+    return re.findall(
+        r"^\s+expr:(.*?)^\s+(?:for|labels|annotations):", ALERTS.read_text(), flags=re.M | re.S
+    )
+
+
+def used_metric_names() -> set[str]:
+    texts = [*alert_exprs(), *dashboard_exprs().values()]
+    return {name for text in texts for name in METRIC_NAME.findall(text)}
+
+
+def exposed_metric_names() -> set[str]:
+    metrics = pytest.importorskip("gateway.metrics")
+    registry_module = pytest.importorskip("prometheus_client")
+    registry = registry_module.CollectorRegistry()
+    metrics.Metrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+        elif family.type == "info":
+            names.add(family.name + "_info")
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_deploy_files_use_only_metrics_the_gateway_exposes() -> None:
+    used = used_metric_names()
+    assert "ctgw_lead_delivery_seconds_bucket" in used
+    assert "ctgw_queue_oldest_age_seconds" in used  # from alerts.yml
+    missing = used - exposed_metric_names()
+    assert not missing, f"not exposed by gateway.metrics: {sorted(missing)}"
+
+
+# --- Dockerfile, compose, systemd, nginx ------------------------------------------------
+
+
+def test_dockerfile_copies_only_existing_paths_and_runs_unprivileged() -> None:
+    text = DOCKERFILE.read_text()
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, flags=re.M):
+        *sources, _dest = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY source {source} is missing from the repo"
+    assert re.search(r"^USER\s+(?!root\b|0\b)\S+", text, flags=re.M)
+    assert "http://127.0.0.1:9464/healthz" in text
+    assert 'CMD ["ct-gateway", "serve"]' in text
+    assert "CTGW_QUEUE=sqlite:////data/ct-gateway.db" in text
+
+
+def test_compose_file_wires_the_stack() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    gateway = services["gateway"]
+    assert (DEPLOY / gateway["build"]["context"]).resolve() == ROOT
+    assert (ROOT / gateway["build"]["dockerfile"]).resolve() == DOCKERFILE
+    assert gateway["command"][:3] == ["ct-gateway", "serve", "--sandbox"]
+    named = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in named, f"{name} uses undeclared volume {source}"
+    prometheus_mounts = " ".join(services["prometheus"]["volumes"])
+    assert "prometheus.yml" in prometheus_mounts and "alerts.yml" in prometheus_mounts
+    assert "ct-gateway.json" in " ".join(services["grafana"]["volumes"])
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_unit_has_the_required_settings() -> None:
+    settings = unit_settings()
+    expected = {
+        "DynamicUser": "yes",
+        "StateDirectory": "ct-gateway",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "EnvironmentFile": "-/etc/ct-gateway/env",
+        "Environment": "CTGW_QUEUE=sqlite:////var/lib/ct-gateway/ct-gateway.db",
+        "ExecStart": "/usr/local/bin/ct-gateway serve",
+        "KillSignal": "SIGTERM",
+        "TimeoutStopSec": "30",
+        "Restart": "on-failure",
+    }
+    for key, value in expected.items():
+        assert value in settings.get(key, []), f"{key}={value}"
+    assert settings["ProtectHome"][0] in {"yes", "true", "read-only", "tmpfs"}
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    systemd_analyze = optional_tool("systemd-analyze")
+    # verify insists that ExecStart exists; the gateway is not installed here.
+    unit = tmp_path / "ct-gateway.service"
+    unit.write_text(re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", UNIT.read_text(), flags=re.M))
+    result = run(systemd_analyze, "verify", unit)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and "Failed to" in output and str(unit) not in output:
+        pytest.skip(f"systemd-analyze cannot run here: {output.strip()}")
+    assert result.returncode == 0, output
+    assert "Unknown" not in output and "ignoring" not in output, output
+
+
+def test_nginx_snippet_is_valid(tmp_path: Path) -> None:
+    nginx = optional_tool("nginx")
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    config = tmp_path / "nginx.conf"
+    config.write_text(
+        f"pid {tmp_path / 'nginx.pid'};\n"
+        "events {}\n"
+        f"http {{ {temp} access_log off;\n"
+        f"  server {{ listen 127.0.0.1:8081; include {NGINX}; }}\n"
+        "}\n"
+    )
+    result = run(nginx, "-t", "-q", "-p", tmp_path, "-e", tmp_path / "error.log", "-c", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = NGINX.read_text()
+    assert "location /ct-gateway/ {" in text
+    assert "proxy_pass http://127.0.0.1:8080/;" in text  # trailing slash strips the prefix
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in text
+    assert "client_max_body_size 64k;" in text

@@ -1,0 +1,96 @@
+"""The pacer holds every sliding window on *written* times, whatever the loop does."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from gateway.pacing import Pacer, backoff
+from gateway.sandbox import max_in_window
+
+
+class FakeClock:
+    """A mocked clock: sleeping advances it at once, so no test waits for real time."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+async def test_no_window_holds_more_than_the_rate() -> None:
+    clock = FakeClock()
+    pacer = Pacer(5, margin=0.0, clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(50):
+        slot = await pacer.acquire()
+        slot.mark_sent(clock())
+        sent.append(clock())
+    assert max_in_window(sent) == 5
+    assert sent[-1] - sent[0] == pytest.approx(9.0)  # 50 at 5/s: the rate is not wasted
+
+
+async def test_late_writes_push_later_grants() -> None:
+    """A busy loop writes a request late: the next grants wait for that write, not the grant."""
+    clock = FakeClock()
+    pacer = Pacer(5, margin=1e-6, clock=clock, sleep=clock.sleep)  # margin: float rounding
+    written: list[float] = []
+    rng = random.Random(7)
+    for _ in range(100):
+        slot = await pacer.acquire()
+        clock.now += rng.choice([0.0, 0.0, 0.3, 0.7])  # the loop was busy before writing
+        slot.mark_sent(clock())
+        written.append(clock())
+    assert max_in_window(written) <= 5
+
+
+async def test_grant_waits_for_the_oldest_write() -> None:
+    clock = FakeClock()
+    pacer = Pacer(2, margin=0.0, clock=clock, sleep=clock.sleep)
+    first = await pacer.acquire()
+    await pacer.acquire()
+    third = asyncio.create_task(pacer.acquire())
+    await asyncio.sleep(0)
+    assert not third.done()  # the first request has not been written yet
+    first.mark_sent(clock())
+    await third
+    assert clock.now == pytest.approx(101.0)
+
+
+async def test_slot_context_marks_unsent_requests() -> None:
+    clock = FakeClock()
+    pacer = Pacer(1, margin=0.0, clock=clock, sleep=clock.sleep)
+    with pytest.raises(ConnectionError):
+        async with pacer.slot():
+            raise ConnectionError
+    await asyncio.wait_for(pacer.acquire(), 1)
+
+
+async def test_429_pauses_halves_and_recovers() -> None:
+    clock = FakeClock()
+    pacer = Pacer(5, margin=0.0, clock=clock, sleep=clock.sleep)
+    (await pacer.acquire()).mark_sent(clock())
+    pacer.rate_limited(retry_after=3.0)
+    assert pacer.current == 2.5
+    start = clock.now
+    (await pacer.acquire()).mark_sent(clock())
+    assert clock.now == pytest.approx(start + 3.0)  # Retry-After honoured
+    before = clock.now
+    (await pacer.acquire()).mark_sent(clock())
+    assert clock.now - before == pytest.approx(1 / 2.5)  # slower for everyone
+    for _ in range(10):
+        pacer.succeeded()
+    assert pacer.current == 5
+
+
+def test_backoff_grows_with_jitter_and_a_cap() -> None:
+    assert backoff(1, rand=0.0) == 2.0 and backoff(1, rand=0.999) < 4.0
+    assert backoff(3, rand=0.0) == 8.0
+    assert backoff(50, rand=0.999) <= 600.0

@@ -1,0 +1,193 @@
+"""The queue contract: every backend must pass this whole suite (``BACKENDS``)."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.queue import GroupCommit, Put, PutResult, Queue, State, open_queue
+from gateway.queue.sqlite import SQLiteQueue
+
+BACKENDS = ["sqlite"]
+T0 = 1_700_000_000.0
+
+
+async def _open(backend: str, tmp_path: Path) -> Queue:
+    assert backend == "sqlite"
+    return await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+
+
+@pytest.fixture(params=BACKENDS)
+async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queue]:
+    q = await _open(request.param, tmp_path)
+    yield q
+    await q.close()
+
+
+async def put(q: Queue, payload: bytes = b"{}", key: str | None = None,
+              kind: str = "lead", now: float = T0) -> PutResult:
+    [result] = await q.put_many([Put(kind, payload, key)], now)
+    return result
+
+
+async def test_put_then_lease_returns_the_payload(queue: Queue) -> None:
+    created = await put(queue, b'{"fio": "x"}')
+    assert created.created and created.status.public_status == "queued"
+    [job] = await queue.lease("lead", 10, T0, 30)
+    assert (job.id, job.payload, job.attempts) == (created.status.id, b'{"fio": "x"}', 0)
+
+
+async def test_dedup_returns_the_first_job(queue: Queue) -> None:
+    first = await put(queue, key="n-1")
+    again = await put(queue, b'{"other": 1}', key="n-1")
+    other_kind = await put(queue, key="n-1", kind="comment")
+    assert not again.created and again.status.id == first.status.id
+    assert other_kind.created and other_kind.status.id != first.status.id
+    assert len(await queue.lease("lead", 10, T0, 30)) == 1
+
+
+async def test_dedup_inside_one_batch(queue: Queue) -> None:
+    results = await queue.put_many([Put("lead", b"1", "k"), Put("lead", b"2", "k")], T0)
+    assert [r.created for r in results] == [True, False]
+    assert results[0].status.id == results[1].status.id
+
+
+async def test_lease_hides_the_job_until_it_expires(queue: Queue) -> None:
+    await put(queue)
+    [job] = await queue.lease("lead", 10, T0, 30)
+    assert await queue.lease("lead", 10, T0 + 29, 30) == []
+    [again] = await queue.lease("lead", 10, T0 + 31, 30)
+    assert again.id == job.id and again.lease != job.lease
+
+
+async def test_an_expired_lease_cannot_settle_the_job(queue: Queue) -> None:
+    await put(queue)
+    [old] = await queue.lease("lead", 10, T0, 30)
+    [new] = await queue.lease("lead", 10, T0 + 31, 30)
+    assert not await queue.ack(old, "1", T0 + 32)
+    assert not await queue.retry(old, T0 + 99, "late", T0 + 32)
+    assert await queue.ack(new, "2", T0 + 33)
+    status = await queue.status(new.id)
+    assert status is not None and status.upstream_id == "2"
+
+
+async def test_lease_is_oldest_first_and_by_kind(queue: Queue) -> None:
+    ids = [(await put(queue, now=T0 + i)).status.id for i in (3, 1, 2)]
+    await put(queue, kind="comment", now=T0)
+    jobs = await queue.lease("lead", 10, T0 + 10, 30)
+    assert [j.id for j in jobs] == [ids[1], ids[2], ids[0]]
+
+
+async def test_ack_marks_delivered(queue: Queue) -> None:
+    await put(queue)
+    [job] = await queue.lease("lead", 1, T0, 30)
+    assert await queue.ack(job, "5222102", T0 + 1)
+    status = await queue.status(job.id)
+    assert status is not None
+    assert status.as_dict()["status"] == "delivered" and status.upstream_id == "5222102"
+    assert await queue.lease("lead", 1, T0 + 100, 30) == []
+
+
+async def test_retry_delays_and_counts_attempts(queue: Queue) -> None:
+    await put(queue)
+    [job] = await queue.lease("lead", 1, T0, 30)
+    assert await queue.retry(job, T0 + 10, "HTTP 503", T0)
+    status = await queue.status(job.id)
+    assert status is not None
+    assert (status.state, status.public_status, status.attempts, status.last_error) == (
+        State.DELAYED, "retrying", 1, "HTTP 503",
+    )
+    assert await queue.lease("lead", 1, T0 + 9, 30) == []
+    assert await queue.next_visible_at("lead") == T0 + 10
+    [again] = await queue.lease("lead", 1, T0 + 10, 30)
+    assert again.attempts == 1
+
+
+async def test_release_gives_the_job_back_without_an_attempt(queue: Queue) -> None:
+    await put(queue)
+    [job] = await queue.lease("lead", 1, T0, 30)
+    assert await queue.release(job)
+    [again] = await queue.lease("lead", 1, T0, 30)
+    assert again.id == job.id and again.attempts == 0
+
+
+async def test_bury_list_and_replay(queue: Queue) -> None:
+    for _ in range(3):
+        await put(queue)
+    jobs = await queue.lease("lead", 3, T0, 30)
+    for job in jobs:
+        assert await queue.bury(job, "HTTP 400: bad", T0 + 1)
+    dead = await queue.dead(10)
+    assert {d.id for d in dead} == {j.id for j in jobs}
+    assert all(d.public_status == "dead" and d.last_error == "HTTP 400: bad" for d in dead)
+    assert await queue.replay([jobs[0].id, "no-such-id"], T0 + 2) == 1
+    assert [j.id for j in await queue.lease("lead", 3, T0 + 2, 30)] == [jobs[0].id]
+    assert await queue.replay(None, T0 + 3) == 2
+    assert len(await queue.lease("lead", 3, T0 + 3, 30)) == 2
+
+
+async def test_stats_count_states_and_the_oldest(queue: Queue) -> None:
+    empty = await queue.stats()
+    assert sum(empty.counts.values()) == 0 and empty.oldest_pending_at is None
+    for i in range(4):
+        await put(queue, now=T0 + i)
+    a, b = await queue.lease("lead", 2, T0 + 5, 30)
+    await queue.ack(a, "1", T0 + 6)
+    await queue.bury(b, "x", T0 + 6)
+    [c] = await queue.lease("lead", 1, T0 + 7, 30)
+    await queue.retry(c, T0 + 100, "HTTP 503", T0 + 7)
+    stats = await queue.stats()
+    assert stats.counts == {
+        State.READY: 1, State.LEASED: 0, State.DELAYED: 1, State.DELIVERED: 1, State.DEAD: 1,
+    }
+    assert stats.oldest_pending_at == T0 + 2
+
+
+async def test_status_of_an_unknown_id_is_none(queue: Queue) -> None:
+    assert await queue.status("nope") is None
+
+
+async def test_group_commit_shares_transactions(queue: Queue) -> None:
+    calls: list[int] = []
+    original = queue.put_many
+
+    async def counting(items: Sequence[Put], now: float) -> list[PutResult]:
+        calls.append(len(items))
+        return await original(items, now)
+
+    queue.put_many = counting  # type: ignore[method-assign]
+    committer = GroupCommit(queue)
+    committer.start()
+    results = await asyncio.gather(*(committer.put(Put("lead", b"{}", f"k{i}")) for i in range(300)))
+    await committer.stop()
+    assert len({r.status.id for r in results}) == 300
+    assert sum(calls) == 300 and len(calls) < 300 / 4, calls
+
+
+async def test_group_commit_reports_failures_to_every_waiter(queue: Queue) -> None:
+    async def broken(items: Sequence[Put], now: float) -> list[PutResult]:
+        raise OSError("disk full")
+
+    queue.put_many = broken  # type: ignore[method-assign]
+    committer = GroupCommit(queue)
+    committer.start()
+    outcomes = await asyncio.gather(
+        *(committer.put(Put("lead", b"{}")) for _ in range(5)), return_exceptions=True
+    )
+    await committer.stop()
+    assert all(isinstance(o, OSError) for o in outcomes)
+
+
+async def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
+    q = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    created = await put(q, b'{"a": 1}')
+    await q.close()
+    assert stat.S_IMODE((tmp_path / "q.db").stat().st_mode) == 0o600
+    reopened = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    [job] = await reopened.lease("lead", 1, T0, 30)
+    await reopened.close()
+    assert job.id == created.status.id and job.payload == b'{"a": 1}'

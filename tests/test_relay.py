@@ -1,0 +1,225 @@
+"""The relay end to end: real gateway, real SQLite, the sandbox in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import Settings
+
+from .support import (
+    TOKEN,
+    Gateway,
+    child_env,
+    eventually,
+    lead,
+    post_lead,
+    sandbox_config,
+    sandbox_requests,
+    sandbox_stats,
+    spawn_sandbox,
+)
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def slow_sandbox() -> Iterator[str]:
+    """Calltouch answering in 0.3–0.9 s, in its own process so its clock sees true arrivals."""
+    proc, url = spawn_sandbox("0.3,0.9")
+    yield url
+    proc.kill()
+
+
+@pytest.fixture
+def fast_sandbox() -> Iterator[str]:
+    proc, url = spawn_sandbox("0.01,0.05")
+    yield url
+    proc.kill()
+
+
+async def status_of(http: aiohttp.ClientSession, gw: Gateway, job_id: str) -> dict[str, Any]:
+    async with http.get(f"{gw.url}/api/v1/leads/{job_id}", headers=AUTH) as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def all_have_status(
+    http: aiohttp.ClientSession, gw: Gateway, ids: list[str], status: str
+) -> bool:
+    states = [(await status_of(http, gw, i))["status"] for i in ids]
+    return all(s == status for s in states)
+
+
+@pytest.mark.slow
+async def test_burst_of_300_is_delivered_once_each_within_the_limit(
+    start_gateway: Any, settings: Settings, slow_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(replace(settings, calltouch_url=slow_sandbox))
+    answers = await asyncio.gather(*(post_lead(http, gw.url, lead(i)) for i in range(300)))
+    assert [code for code, _ in answers] == [202] * 300
+
+    async def all_received() -> bool:
+        return (await sandbox_stats(http, slow_sandbox))["received"] >= 300
+
+    await eventually(all_received, timeout=90, interval=1.0)
+    stats = await sandbox_stats(http, slow_sandbox)
+    numbers = Counter(r["form"]["requestNumber"] for r in await sandbox_requests(http, slow_sandbox))
+    assert stats["by_status"] == {"200": 300}, stats  # zero 429s
+    assert stats["max_in_window"] <= 5, stats
+    assert numbers == Counter({f"req-{i}": 1 for i in range(300)})  # exactly once each
+    assert gw.metrics.registry.get_sample_value("ctgw_leads_delivered_total") is not None
+
+
+async def test_the_register_call_carries_calltouch_fields(
+    gateway: Gateway, settings: Settings, sandbox: Any, http: aiohttp.ClientSession
+) -> None:
+    code, _ = await post_lead(
+        http, gateway.url, lead(1, tags=["a", "b"], customFields={"city": "Москва"})
+    )
+    assert code == 202
+
+    async def received() -> bool:
+        return len(await sandbox_requests(http, sandbox.url)) == 1
+
+    await eventually(received, timeout=10)
+    [row] = await sandbox_requests(http, sandbox.url)
+    form = row["form"]
+    assert form["phoneNumber"] == "79205550055" and form["email"] == "ivan@example.com"
+    assert form["tags"] == "a,b" and form["customField[city]"] == "Москва"
+    assert form["requestNumber"] == "req-1" and form["sessionId"] == "1845461367"
+    assert len(form["requestDate"]) == 19 and form["requestDate"][2] == "."
+
+
+async def test_a_lead_without_number_gets_one(
+    gateway: Gateway, sandbox: Any, http: aiohttp.ClientSession
+) -> None:
+    body = lead(0)
+    del body["requestNumber"]
+    assert (await post_lead(http, gateway.url, body))[0] == 202
+
+    async def received() -> bool:
+        return len(await sandbox_requests(http, sandbox.url)) == 1
+
+    await eventually(received, timeout=10)
+    [row] = await sandbox_requests(http, sandbox.url)
+    assert row["form"]["requestNumber"].startswith("ctgw-")
+
+
+async def test_outage_then_recovery_delivers_everything(
+    start_gateway: Any, settings: Settings, fast_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox))
+    await sandbox_config(http, fast_sandbox, fault="503")
+    ids = [(await post_lead(http, gw.url, lead(i)))[1]["id"] for i in range(10)]
+
+    async def all_retrying() -> bool:
+        return await all_have_status(http, gw, ids, "retrying")
+
+    await eventually(all_retrying, timeout=15)
+    await sandbox_config(http, fast_sandbox, fault=None)
+
+    async def delivered() -> bool:
+        return await all_have_status(http, gw, ids, "delivered")
+
+    await eventually(delivered, timeout=30, interval=0.5)
+    ok = [r for r in await sandbox_requests(http, fast_sandbox) if r["status"] == 200]
+    assert sorted(r["form"]["requestNumber"] for r in ok) == sorted(f"req-{i}" for i in range(10))
+    value = gw.metrics.registry.get_sample_value
+    assert value("ctgw_upstream_requests_total", {"method": "register", "outcome": "server_error"})
+
+
+async def test_permanent_failure_is_dead_then_replayed_by_the_cli(
+    start_gateway: Any, settings: Settings, fast_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox))
+    await sandbox_config(http, fast_sandbox, fault="error200")
+    _, answer = await post_lead(http, gw.url, lead(1))
+
+    async def dead() -> bool:
+        return (await status_of(http, gw, answer["id"]))["status"] == "dead"
+
+    await eventually(dead, timeout=10)
+    status = await status_of(http, gw, answer["id"])
+    assert "without requestId" in status["last_error"] and status["attempts"] == 1
+    assert "79205550055" not in str(status) and "ivan@" not in str(status)
+
+    env = child_env(CTGW_QUEUE=settings.queue_url, CTGW_SITE_ID="18990")
+    cli = [sys.executable, "-m", "gateway", "dead"]
+    listing = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=30)
+    assert answer["id"] in listing.stdout and "without requestId" in listing.stdout
+    await sandbox_config(http, fast_sandbox, fault=None)
+    replay = subprocess.run(
+        [*cli, "replay", "--id", answer["id"]], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert replay.returncode == 0 and "replayed 1" in replay.stdout
+
+    async def delivered() -> bool:
+        return (await status_of(http, gw, answer["id"]))["status"] == "delivered"
+
+    await eventually(delivered, timeout=10)
+
+
+async def test_a_429_storm_slows_down_and_then_delivers(
+    start_gateway: Any, settings: Settings, fast_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox))
+    await sandbox_config(http, fast_sandbox, fault="429")
+    ids = [(await post_lead(http, gw.url, lead(i)))[1]["id"] for i in range(5)]
+
+    async def slowed_down() -> bool:
+        rate = gw.metrics.registry.get_sample_value("ctgw_upstream_rate_limit")
+        return rate is not None and rate < settings.rate
+
+    await eventually(slowed_down, timeout=10)
+    assert (await sandbox_stats(http, fast_sandbox))["by_status"].get("429", 0) >= 1
+    await sandbox_config(http, fast_sandbox, fault=None)
+
+    async def delivered() -> bool:
+        return await all_have_status(http, gw, ids, "delivered")
+
+    await eventually(delivered, timeout=40, interval=0.5)
+
+
+async def test_too_old_leads_go_to_the_dead_letters(
+    start_gateway: Any, settings: Settings, fast_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox, max_age=0.0))
+    await sandbox_config(http, fast_sandbox, fault="503")
+    _, answer = await post_lead(http, gw.url, lead(1))
+
+    async def dead() -> bool:
+        return (await status_of(http, gw, answer["id"]))["status"] == "dead"
+
+    await eventually(dead, timeout=10)
+    assert "expired" in (await status_of(http, gw, answer["id"]))["last_error"]
+    assert gw.metrics.registry.get_sample_value("ctgw_leads_dead_total", {"reason": "expired"})
+
+
+async def test_a_hanging_upstream_times_out_and_is_retried(
+    start_gateway: Any, settings: Settings, fast_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox, upstream_timeout=0.5))
+    await sandbox_config(http, fast_sandbox, fault="hang")
+    _, answer = await post_lead(http, gw.url, lead(1))
+
+    async def retrying() -> bool:
+        return (await status_of(http, gw, answer["id"]))["status"] == "retrying"
+
+    await eventually(retrying, timeout=10)
+    assert (await status_of(http, gw, answer["id"]))["last_error"] == "timed out"
+    await sandbox_config(http, fast_sandbox, fault=None)
+
+    async def delivered() -> bool:
+        return (await status_of(http, gw, answer["id"]))["status"] == "delivered"
+
+    await eventually(delivered, timeout=15, interval=0.5)
