@@ -162,7 +162,8 @@ async def test_group_commit_shares_transactions(queue: Queue) -> None:
     queue.put_many = counting  # type: ignore[method-assign]
     committer = GroupCommit(queue)
     committer.start()
-    results = await asyncio.gather(*(committer.put(Put("lead", b"{}", f"k{i}")) for i in range(300)))
+    puts = [committer.put(Put("lead", b"{}", f"k{i}")) for i in range(300)]
+    results = await asyncio.gather(*puts)
     await committer.stop()
     assert len({r.status.id for r in results}) == 300
     assert sum(calls) == 300 and len(calls) < 300 / 4, calls

@@ -33,7 +33,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def slow_sandbox() -> Iterator[str]:
-    """Calltouch answering in 0.3–0.9 s, in its own process so its clock sees true arrivals."""
+    """Calltouch answering in 0.3-0.9 s, in its own process so its clock sees true arrivals."""
     proc, url = spawn_sandbox("0.3,0.9")
     yield url
     proc.kill()
@@ -73,7 +73,8 @@ async def test_burst_of_300_is_delivered_once_each_within_the_limit(
 
     await eventually(all_received, timeout=90, interval=1.0)
     stats = await sandbox_stats(http, slow_sandbox)
-    numbers = Counter(r["form"]["requestNumber"] for r in await sandbox_requests(http, slow_sandbox))
+    rows = await sandbox_requests(http, slow_sandbox)
+    numbers = Counter(r["form"]["requestNumber"] for r in rows)
     assert stats["by_status"] == {"200": 300}, stats  # zero 429s
     assert stats["max_in_window"] <= 5, stats
     assert numbers == Counter({f"req-{i}": 1 for i in range(300)})  # exactly once each

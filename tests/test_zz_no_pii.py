@@ -1,0 +1,37 @@
+"""Runs last (by name): no log line of the whole run holds personal data or a token."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+
+from gateway.config import Settings
+
+from .support import LOG_LINES, PII_SAMPLES, TOKEN, eventually, lead, post_lead, sandbox_config
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+_PHONE = re.compile(r"(?<!\d)[78]\d{10}(?!\d)")
+
+
+async def test_no_personal_data_in_any_log_line(
+    start_gateway: Any, settings: Settings, sandbox: Any, http: aiohttp.ClientSession
+) -> None:
+    # Make sure the run has logged every path a lead takes: accepted, retried, dead.
+    gw = await start_gateway(replace(settings, max_age=0.0))
+    await sandbox_config(http, sandbox.url, fault="503")
+    assert (await post_lead(http, gw.url, lead(1)))[0] == 202
+    await post_lead(http, gw.url, {"phoneNumber": "+7 920 555-00-55 ext", "email": "ivan@"})
+
+    async def logged_dead() -> bool:
+        return any("dead job=" in line for line in LOG_LINES)
+
+    await eventually(logged_dead, timeout=10)
+    leaks = [
+        line for line in LOG_LINES
+        if any(s in line for s in (*PII_SAMPLES, TOKEN)) or _EMAIL.search(line)
+        or _PHONE.search(line)
+    ]
+    assert leaks == []
