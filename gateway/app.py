@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -33,9 +33,15 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 INTAKE = web.AppKey("intake", Intake)
 RELAY = web.AppKey("relay", Relay)
 OPS_RUNNER = web.AppKey("ops_runner", web.AppRunner)
+TRACES = web.AppKey("traces", tuple[aiohttp.TraceConfig, ...])
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    upstream_traces: Sequence[aiohttp.TraceConfig] = (),
+) -> web.Application:
+    """The public app; ``upstream_traces`` are extra aiohttp traces on the Calltouch session."""
     app = web.Application(
         client_max_size=settings.max_body,
         middlewares=[metrics_middleware, error_middleware],
@@ -43,13 +49,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    app[TRACES] = tuple(upstream_traces)
     app.cleanup_ctx.extend([_queue_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx])
     app.on_shutdown.append(_start_draining)
+    app.on_response_prepare.append(_hide_server)
     app.router.add_post("/leads", _browser)
     app.router.add_route("OPTIONS", "/leads", _preflight)
     app.router.add_post("/api/v1/leads", _api)
     app.router.add_get("/api/v1/leads/{id}", _status)
     return app
+
+
+async def _hide_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.popall("Server", None)  # no version banner for scanners
 
 
 async def _browser(request: web.Request) -> web.Response:
@@ -81,7 +93,8 @@ async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=app[SETTINGS].concurrency * 2)
     async with aiohttp.ClientSession(
-        connector=connector, trace_configs=[trace_config()], raise_for_status=False
+        connector=connector, trace_configs=[trace_config(), *app[TRACES]],
+        raise_for_status=False,
     ) as session:
         app[SESSION] = session
         yield

@@ -7,7 +7,7 @@ kept in :data:`tests.support.LOG_LINES`; ``test_zz_no_pii.py`` reads them at the
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,9 +69,9 @@ async def start_gateway() -> AsyncIterator[object]:
     """A factory: ``await start_gateway(settings)`` runs a gateway in this event loop."""
     runners: list[web.AppRunner] = []
 
-    async def start(settings: Settings) -> Gateway:
+    async def start(settings: Settings, traces: Sequence[aiohttp.TraceConfig] = ()) -> Gateway:
         metrics = Metrics()
-        runner = web.AppRunner(create_app(settings, metrics), access_log=None)
+        runner = web.AppRunner(create_app(settings, metrics, traces), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
         runners.append(runner)

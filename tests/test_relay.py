@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -224,3 +225,36 @@ async def test_a_hanging_upstream_times_out_and_is_retried(
         return (await status_of(http, gw, answer["id"]))["status"] == "delivered"
 
     await eventually(delivered, timeout=15, interval=0.5)
+
+
+async def test_a_busy_event_loop_cannot_bunch_requests(
+    start_gateway: Any, settings: Settings, fast_sandbox: str, http: aiohttp.ClientSession
+) -> None:
+    """The loop stalls between some grants and their writes (as a CPU-heavy intake burst does):
+    a pacer that counted grants would let 6 requests reach Calltouch within one second."""
+    stalls = iter([0.0, 0.5, 0.0, 0.0, 0.3, 0.0, 0.0, 0.6] * 10)
+
+    async def stall(session: Any, ctx: Any, params: Any) -> None:
+        time.sleep(next(stalls, 0.0))  # blocks the whole loop, before the request is written
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(stall)
+    gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox), [trace])
+    ids = [(await post_lead(http, gw.url, lead(i)))[1]["id"] for i in range(30)]
+
+    async def delivered() -> bool:
+        return await all_have_status(http, gw, ids, "delivered")
+
+    await eventually(delivered, timeout=40, interval=0.5)
+    stats = await sandbox_stats(http, fast_sandbox)
+    assert stats["by_status"] == {"200": 30} and stats["max_in_window"] <= 5, stats
+
+
+async def test_queue_stats_cli(
+    gateway: Gateway, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    env = child_env(CTGW_QUEUE=settings.queue_url, CTGW_SITE_ID="18990")
+    done = subprocess.run([sys.executable, "-m", "gateway", "queue", "stats"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert {line.split()[0] for line in done.stdout.splitlines()} >= {"ready", "dead", "oldest"}
