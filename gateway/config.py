@@ -142,7 +142,8 @@ def parse_queue(raw: str) -> str:
 
 
 def parse_origins(raw: str) -> frozenset[str]:
-    origins = [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
+    # Browsers send scheme and host in lower case, with no trailing slash.
+    origins = [o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip()]
     for origin in origins:
         parse_url(origin)
     return frozenset(origins)
@@ -166,7 +167,7 @@ def parse_mod_id(raw: str) -> str:
 
 
 def parse_site_id(raw: str) -> str:
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise ValueError("expected the numeric Calltouch site id")
     return raw
 
@@ -174,7 +175,7 @@ def parse_site_id(raw: str) -> str:
 def parse_timezone(raw: str) -> str:
     try:
         zoneinfo.ZoneInfo(raw)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory
         raise ValueError("unknown time zone") from None
     return raw
 

@@ -102,7 +102,8 @@ class Intake:
 
     def _authorise(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        given = token.strip().encode()
+        # aiohttp decodes header bytes with surrogateescape; this gives the same bytes back.
+        given = token.strip().encode("utf-8", "surrogateescape")
         # Compare against every token, always: the time taken tells nothing of which matched.
         matches = [hmac.compare_digest(given, t) for t in self._tokens]
         if scheme.lower() != "bearer" or not any(matches):

@@ -59,7 +59,7 @@ def normalise_phone(value: object) -> str:
         digits = "7" + digits[1:]
     elif len(digits) == 10:
         digits = "7" + digits
-    if len(digits) != 11 or digits[0] != "7" or re.search(r"[^\d\s()+\-.]", raw):
+    if len(digits) != 11 or digits[0] != "7" or re.search(r"[^0-9\s()+\-.]", raw):
         raise _Bad("invalid_phone", "must be a Russian phone number: 11 digits starting 7 or 8")
     return digits
 
