@@ -1,12 +1,14 @@
 """Domain errors, translated to HTTP only at the edge (``intake``/``app``).
 
     GatewayError
-    ├── BadRequest          the body cannot be read as a lead at all (400, 413, 415)
+    ├── BadRequest          the request cannot be taken at all (400, 403, 413, 415, 503)
+    │   └── Throttled       the client posts too fast (429 with Retry-After)
     └── InvalidLead         the body reads, but fields break the rules (422)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -25,6 +27,11 @@ class FieldError:
 class GatewayError(Exception):
     status = 400
     error = "bad_request"
+    outcome = "rejected"  # the label of ctgw_leads_received_total
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
 
     @property
     def errors(self) -> list[FieldError]:
@@ -43,9 +50,22 @@ class BadRequest(GatewayError):
         return [FieldError(None, self.code, str(self))]
 
 
+class Throttled(BadRequest):
+    outcome = "throttled"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too_many_requests", "too many leads from this address", status=429)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
 class InvalidLead(GatewayError):
     status = 422
     error = "invalid_lead"
+    outcome = "invalid"
 
     def __init__(self, errors: list[FieldError]) -> None:
         super().__init__(f"{len(errors)} invalid field(s)")

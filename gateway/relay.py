@@ -101,13 +101,21 @@ class Relay:
         return len(late)
 
     async def _dispatch(self, sender: Sender) -> None:
+        failures = 0
         while True:
             await self._sem.acquire()
             try:
                 jobs, slot = await self._next(sender)
+            except Exception as exc:  # the store is locked or gone: wait, then try again
+                self._sem.release()
+                failures += 1
+                log.error("relay cannot lease kind=%s error=%s", sender.kind, type(exc).__name__)
+                await asyncio.sleep(min(30.0, 0.5 * 2**min(failures, 6)))
+                continue
             except BaseException:
                 self._sem.release()
                 raise
+            failures = 0
             task = asyncio.create_task(self._deliver(sender, jobs, slot))
             self._inflight[task] = jobs
             task.add_done_callback(self._done)
@@ -124,8 +132,13 @@ class Relay:
             started = time.monotonic()
             slot = await self._pacer.acquire()
             self._metrics.pacer_wait.observe(time.monotonic() - started)
-            now = self._clock()
-            jobs = await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout)
+            try:
+                jobs = await self._queue.lease(
+                    sender.kind, sender.batch, self._clock(), self._lease_timeout
+                )
+            except BaseException:
+                slot.mark_sent(time.monotonic())  # an unused slot must not block the window
+                raise
             if jobs:
                 return jobs, slot
             slot.mark_sent(time.monotonic())  # another worker took them: an unused slot

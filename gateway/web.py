@@ -51,7 +51,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except GatewayError as exc:
         body = error_body(exc.error, [e.as_dict() for e in exc.errors])
-        response = web.Response(status=exc.status, body=body, content_type="application/json")
+        response = web.Response(
+            status=exc.status, body=body, headers=exc.headers, content_type="application/json"
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import OPS_RUNNER, create_app
-from gateway.config import HostPort, Settings
+from gateway.config import ClientRate, HostPort, Settings
 from gateway.logs import JsonFormatter
 from gateway.metrics import Metrics
 from gateway.sandbox import SandboxThread
@@ -60,6 +60,7 @@ def settings(tmp_path: Path, sandbox: SandboxThread) -> Settings:
         queue_url=f"sqlite:///{tmp_path / 'queue.db'}",
         api_tokens=(TOKEN,),
         upstream_timeout=2.0,
+        client_rate=ClientRate(10_000.0, 10_000),  # the limiter has its own tests
         shutdown_grace=2.0,
     )
 

@@ -149,6 +149,7 @@ def spawn_gateway(env: dict[str, str]) -> tuple[Process, str, str]:
     import re
     import sys
 
+    env = {"CTGW_CLIENT_RATE": "100000/s", **env}  # tests post fast from one address
     proc = Process([sys.executable, "-m", "gateway", "serve"], child_env(**env), "listening public")
     match = re.search(r"public=(\S+) ops=(\S+?)\"", proc.line_with("listening public"))
     assert match, proc.lines

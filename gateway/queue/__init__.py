@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import PENDING, Job, Put, PutResult, Queue, State, Stats, Status
+from .base import PENDING, Job, Put, PutResult, Queue, QueueError, State, Stats, Status
 from .batching import GroupCommit
 
 
@@ -25,6 +25,7 @@ __all__ = [
     "Put",
     "PutResult",
     "Queue",
+    "QueueError",
     "State",
     "Stats",
     "Status",

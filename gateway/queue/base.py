@@ -14,6 +14,10 @@ from enum import StrEnum
 from typing import Protocol
 
 
+class QueueError(Exception):
+    """The store failed (locked, full, gone); the operation did not take effect."""
+
+
 class State(StrEnum):
     READY = "ready"
     LEASED = "leased"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .base import PENDING, Job, Put, PutResult, State, Stats, Status
+from .base import PENDING, Job, Put, PutResult, QueueError, State, Stats, Status
 
 T = TypeVar("T")
 
@@ -100,7 +100,10 @@ class SQLiteQueue:
         self._w.executescript(_SCHEMA)
 
     async def _write(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+        except sqlite3.Error as exc:
+            raise QueueError(f"sqlite: {exc}") from exc
 
     async def _read(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
