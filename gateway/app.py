@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from . import snippet
 from .calltouch import CalltouchClient, trace_config
 from .config import Settings
 from .intake import Intake, json_response
@@ -57,6 +58,11 @@ def create_app(
     app.router.add_route("OPTIONS", "/leads", _preflight)
     app.router.add_post("/api/v1/leads", _api)
     app.router.add_get("/api/v1/leads/{id}", _status)
+    served = snippet.Snippet.load(settings.mod_id, cross_origin=bool(settings.allowed_origins))
+    app.router.add_get("/snippet.js", served.serve)
+    if settings.sandbox:
+        app.router.add_get("/", snippet.demo)
+        app.router.add_get("/sandbox/leads", _sandbox_leads)
     return app
 
 
@@ -78,6 +84,10 @@ async def _api(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     return await request.app[INTAKE].status(request)
+
+
+async def _sandbox_leads(request: web.Request) -> web.Response:
+    return await snippet.sandbox_leads(request.app[SESSION], request.app[SETTINGS].calltouch_url)
 
 
 async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ in the queue. Domain errors travel up as exceptions and become JSON at the edge
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import time
 import zoneinfo
@@ -21,10 +22,13 @@ import orjson
 from aiohttp import web
 
 from . import bodies, leads
+from .clients import ClientLimiter, client_ip
 from .config import Settings
-from .errors import BadRequest, GatewayError, InvalidLead
+from .errors import BadRequest, GatewayError, InvalidLead, Throttled
 from .metrics import Metrics
-from .queue import GroupCommit, Put, Queue
+from .queue import GroupCommit, Put, Queue, QueueError
+
+log = logging.getLogger(__name__)
 
 LEAD_KIND = "lead"
 Answer = tuple[web.Response, str]  # the response and its outcome label for the metrics
@@ -44,9 +48,11 @@ class Intake:
     draining: bool = False
     _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
     _tokens: list[bytes] = field(init=False, repr=False)
+    limiter: ClientLimiter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
+        self.limiter = ClientLimiter(self.settings.client_rate)
         self._tokens = [t.encode() for t in self.settings.api_tokens]
 
     async def browser(self, request: web.Request) -> web.Response:
@@ -68,12 +74,13 @@ class Intake:
     ) -> web.Response:
         try:
             response, outcome = await handler(request)
-        except InvalidLead as exc:
-            self.metrics.received.labels(channel, "invalid").inc()
-            for error in exc.errors:
-                self.metrics.validation_errors.labels(error.code).inc()
+        except GatewayError as exc:
+            self.metrics.received.labels(channel, exc.outcome).inc()
+            if isinstance(exc, InvalidLead):
+                for error in exc.errors:
+                    self.metrics.validation_errors.labels(error.code).inc()
             raise
-        except (GatewayError, web.HTTPException):
+        except web.HTTPException:
             self.metrics.received.labels(channel, "rejected").inc()
             raise
         self.metrics.received.labels(channel, outcome).inc()
@@ -83,6 +90,10 @@ class Intake:
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_ok(origin, request.host):
             raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
+        peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"),
+                         self.settings.trusted_proxies)
+        if wait := self.limiter.take(peer):
+            raise Throttled(wait)
         response, outcome = await self._accept(request, "browser")
         if origin is not None and origin in self.settings.allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
@@ -121,7 +132,11 @@ class Intake:
             return self._answer(secrets.token_urlsafe(12), "queued", 202, "spam")
         given_number = lead.request_number
         fields = self._complete(lead)
-        result = await self.committer.put(Put(LEAD_KIND, orjson.dumps(fields), given_number))
+        try:
+            result = await self.committer.put(Put(LEAD_KIND, orjson.dumps(fields), given_number))
+        except (QueueError, ConnectionError):
+            log.exception("queue unavailable: the lead was refused, not lost")
+            raise BadRequest("queue_unavailable", "cannot store the lead now; retry", 503) from None
         if not result.created:
             return self._answer(result.status.id, result.status.public_status, 200, "duplicate")
         self.on_queued(LEAD_KIND)

@@ -1,0 +1,77 @@
+"""Who the client is, and whether it may post another lead now (pure; clock injected)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .config import ClientRate, IPNetwork
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def client_ip(peer: str | None, forwarded: str | None, trusted: Sequence[IPNetwork]) -> str:
+    """The socket peer; behind a trusted proxy, the rightmost forwarded hop not itself trusted.
+
+    Only hops appended by trusted proxies count: whatever a client wrote into
+    ``X-Forwarded-For`` itself stands left of them and is never reached first.
+    """
+    address = _ip(peer or "")
+    if address is None:
+        return peer or "unknown"
+    if not forwarded or not any(address in net for net in trusted):
+        return str(address)
+    for hop in reversed(forwarded.split(",")):
+        hop_ip = _ip(hop)
+        if hop_ip is None:
+            break  # junk where a proxy's entry should be: trust nothing further left
+        if not any(hop_ip in net for net in trusted):
+            return str(hop_ip)
+        address = hop_ip
+    return str(address)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class ClientLimiter:
+    """A token bucket per client, at most ``max_clients`` of them (least recently seen go)."""
+
+    def __init__(
+        self, rate: ClientRate, max_clients: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = rate
+        self._max = max_clients
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, client: str) -> float:
+        """Take a token: 0.0 when allowed, else the seconds until the next one."""
+        now = self._clock()
+        bucket = self._buckets.pop(client, None)  # re-inserted below: dicts keep order, an LRU
+        tokens = float(self._rate.burst)
+        if bucket is not None:
+            tokens = min(tokens, bucket.tokens + (now - bucket.at) * self._rate.per_second)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self._rate.per_second
+        self._buckets[client] = _Bucket(tokens, now)
+        while len(self._buckets) > self._max:
+            del self._buckets[next(iter(self._buckets))]
+        return wait
