@@ -1,0 +1,100 @@
+"""``python -m bench {intake,relay,memory,all}``: run, print a summary table, save JSON.
+
+Progress goes to stderr, the table to stdout, the full results (every round) to
+``bench/results/<time>-<command>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import intake, memory, relay, report, summary
+
+
+def _intake_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("intake")
+    group.add_argument("--rounds", type=int, default=5, help="throughput rounds per server")
+    group.add_argument("--seconds", type=float, default=5.0, help="seconds per round")
+    group.add_argument("--connections", type=int, default=64)
+    group.add_argument("--threads", type=int, default=1, help="wrk threads")
+    group.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    group.add_argument("--latency-rounds", type=int, default=3)
+    group.add_argument("--latency-rate", type=float, default=1000.0, help="offered leads/s")
+    group.add_argument("--latency-seconds", type=float, default=5.0)
+
+
+def _relay_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("relay")
+    group.add_argument("--leads", type=int, default=500, help="leads to drain")
+    group.add_argument("--relay-rounds", type=int, default=1)
+
+
+def _memory_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("memory")
+    group.add_argument("--memory-leads", type=int, default=1_000_000, help="leads to pre-fill")
+    group.add_argument("--batch", type=int, default=10_000, help="leads per put_many")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {"intake": [_intake_args], "relay": [_relay_args], "memory": [_memory_args],
+                "all": [_intake_args, _relay_args, _memory_args]}
+    for name, adders in commands.items():
+        command = sub.add_parser(name)
+        command.add_argument("--dir", type=Path, default=None,
+                             help="where to put queues and logs (default: a temp dir)")
+        command.add_argument("--keep", action="store_true", help="keep that directory")
+        for add in adders:
+            add(command)
+    return parser
+
+
+def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    if name == "intake":
+        return intake.run(intake.IntakeOptions(
+            rounds=args.rounds, seconds=args.seconds, connections=args.connections,
+            threads=args.threads, tool=args.tool, latency_rounds=args.latency_rounds,
+            latency_rate=args.latency_rate, latency_seconds=args.latency_seconds,
+        ), workdir / "intake")
+    if name == "relay":
+        return relay.run(relay.RelayOptions(leads=args.leads, rounds=args.relay_rounds),
+                         workdir / "relay")
+    return memory.run(memory.MemoryOptions(leads=args.memory_leads, batch=args.batch),
+                      workdir / "memory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    names = ["intake", "relay", "memory"] if args.command == "all" else [args.command]
+    base = args.dir.resolve() if args.dir else None
+    workdir = Path(tempfile.mkdtemp(prefix="ctgw-bench-", dir=base))
+    results: dict[str, Any] = {"environment": report.environment(workdir)}
+    timings: dict[str, float] = {}
+    try:
+        for name in names:
+            started = time.monotonic()
+            results[name] = _run(name, args, workdir)
+            timings[name] = round(time.monotonic() - started, 1)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["seconds"] = timings
+    rows = summary.rows(results)
+    results["summary"] = [{**row.__dict__, "verdict": row.verdict} for row in rows]
+    path = report.save(args.command, results)
+    print(report.table(rows))
+    print(f"\ntook {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; "
+          f"results: {path}")
+    return 0 if all(row.ok is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

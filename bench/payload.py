@@ -1,0 +1,68 @@
+# ruff: noqa: RUF001 -- the leads are Russian, as real ones are.
+"""Realistic leads: what the snippet posts, and what the intake stores for it.
+
+A lead is numbered, so every one carries its own ``requestNumber`` (the snippet makes one per
+submission) and intake does its dedup look-up as it would in production.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from gateway import leads
+
+CONTENT_TYPE = "text/plain;charset=UTF-8"  # the snippet's choice: no CORS preflight
+NUMBER_MARK = "@@N@@"
+_NAMES = ("Иван Петров", "Мария Смирнова", "Алексей Кузнецов", "Ольга Васильева")
+_COMMENT = "Перезвоните, пожалуйста, после 18:00. Интересует доставка в пятницу."
+_URL = "https://shop.example.ru/catalog/item-{}?utm_source=yandex&utm_medium=cpc&utm_campaign=sale"
+
+
+def _digits(n: int) -> str:
+    return f"9{n % 10**9:09d}"
+
+
+def browser_lead(n: int, number: str) -> dict[str, Any]:
+    """The JSON body the snippet sends for submission ``n``."""
+    d = _digits(n)
+    return {
+        "fio": _NAMES[n % len(_NAMES)],
+        "phoneNumber": f"+7 ({d[0:3]}) {d[3:6]}-{d[6:8]}-{d[8:10]}",
+        "email": f"client{n}@example.ru",
+        "subject": "Заявка с сайта",
+        "comment": _COMMENT,
+        "requestUrl": _URL.format(n % 500),
+        "sessionId": str(1_845_000_000 + n % 1_000_000),
+        "requestNumber": number,
+    }
+
+
+def body(n: int, prefix: str) -> bytes:
+    return orjson.dumps(browser_lead(n, f"{prefix}-{n}"))
+
+
+def body_template() -> tuple[str, str]:
+    """The body split around its request number, for load generators that fill it in."""
+    text = orjson.dumps(browser_lead(0, NUMBER_MARK)).decode()
+    head, _, tail = text.partition(NUMBER_MARK)
+    return head, tail
+
+
+def stored_fields(n: int, number: str, accepted: datetime) -> dict[str, Any]:
+    """What intake commits for ``browser_lead(n, number)``: normalised, dated and numbered."""
+    fields = browser_lead(n, number)
+    fields["phoneNumber"] = "7" + _digits(n)
+    fields["requestDate"] = accepted.strftime(leads.DATE_FORMAT)
+    return fields
+
+
+def check_stored_fields(accepted: datetime) -> None:
+    """Fail loudly if :func:`stored_fields` drifts from the gateway's own validation."""
+    for n in (0, 7, 123_456):
+        expected = dict(leads.validate(browser_lead(n, f"x-{n}"), "browser").fields)
+        expected["requestDate"] = accepted.strftime(leads.DATE_FORMAT)
+        if expected != stored_fields(n, f"x-{n}", accepted):
+            raise AssertionError(f"stored_fields({n}) differs from gateway validation")

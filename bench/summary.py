@@ -1,0 +1,74 @@
+"""The summary table's rows, one group per benchmark, each with its target and verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .report import Row
+
+RSS_LIMIT_BYTES = 150_000_000  # the target's "150 MB"
+P99_LIMIT_MS = 10.0
+
+
+def _x(ratio: float) -> str:
+    return f"{ratio:.2f}x"
+
+
+def intake_rows(result: dict[str, Any]) -> list[Row]:
+    tput, lat = result["throughput"], result["latency"]
+    gw, bare, offered = lat["gateway"], lat["bare"], lat["offered_rate"]
+    tput_ok = tput["ratio"] >= 0.5 and tput["errors_total"] == 0 and tput["durable_ok"]
+    lat_ok = gw["p99"] <= P99_LIMIT_MS and gw["all_202"] and gw["achieved_rate"] >= 0.95 * offered
+    return [
+        Row(f"intake acks/s ({tput['tool']}, {tput['connections']} conn)",
+            f"{tput['gateway_rate']:.0f}", f"{tput['bare_rate']:.0f} bare",
+            _x(tput["ratio"]), ">= 0.50x bare", tput_ok),
+        Row(f"intake p50 at {offered:g}/s open loop", f"{gw['p50']:.2f} ms",
+            f"{bare['p50']:.2f} ms bare", _x(gw["p50"] / bare["p50"]), "-", None),
+        Row(f"intake p99 at {offered:g}/s open loop", f"{gw['p99']:.2f} ms",
+            f"{bare['p99']:.2f} ms bare", _x(gw["p99"] / bare["p99"]),
+            f"<= {P99_LIMIT_MS:g} ms, all 202", lat_ok),
+        Row("  achieved offered rate", f"{gw['achieved_rate']:.0f}/s", f"{offered:g}/s",
+            _x(gw["achieved_rate"] / offered), ">= 0.95x offered",
+            gw["achieved_rate"] >= 0.95 * offered),
+    ]
+
+
+def relay_rows(result: dict[str, Any]) -> list[Row]:
+    n, rate = result["leads"], result["rate"]
+    return [
+        Row(f"relay drain of {n} leads", f"{result['drain_seconds']:.1f} s",
+            f"{result['ideal_seconds']:.1f} s ideal", f"{result['fraction_of_ideal']:.1%}",
+            ">= 95% of ideal", result["fraction_of_ideal"] >= 0.95 and result["complete"]),
+        Row("  upstream 429s", str(result["rate_limited_429"]), "-", "-", "0",
+            result["rate_limited_429"] == 0),
+        Row("  max requests in a 1 s window", str(result["max_in_window"]), "-", "-",
+            f"<= {rate:g}", result["max_in_window"] <= rate),
+        Row(f"  tightest {int(rate) + 1} arrivals span", f"{result['tightest_span_s']:.3f} s",
+            "-", "-", "> 1 s", result["tightest_span_s"] > 1.0),
+        Row("  duplicates delivered", str(result["duplicates"]), "-", "-", "0",
+            result["duplicates"] == 0),
+    ]
+
+
+def memory_rows(result: dict[str, Any]) -> list[Row]:
+    n = result["leads"]
+    rss, base = result["rss_mib"], result["baseline_rss_mib"]
+    scrape, base_scrape = result["scrape_ms"], result["baseline_scrape_ms"]
+    return [
+        Row(f"RSS with {n:,} queued", f"{rss:.1f} MiB", f"{base:.1f} MiB empty",
+            _x(rss / base), "<= 150 MB",
+            rss * 1024 * 1024 <= RSS_LIMIT_BYTES and result["all_queued"]),
+        Row("  disk per lead (db + wal)", f"{result['bytes_per_lead']:.0f} B",
+            f"{result['fill']['mean_payload_bytes']:.0f} B payload",
+            _x(result["bytes_per_lead"] / result["fill"]["mean_payload_bytes"]), "-", None),
+        Row(f"  /metrics scrape, {n:,} queued", f"{scrape:.1f} ms",
+            f"{base_scrape:.1f} ms empty", _x(scrape / base_scrape), "-", None),
+    ]
+
+
+ROWS = {"intake": intake_rows, "relay": relay_rows, "memory": memory_rows}
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    return [row for name, build in ROWS.items() if name in results for row in build(results[name])]
