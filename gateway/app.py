@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .pacing import Pacer
 from .queue import PENDING, GroupCommit, Queue, State, open_queue
 from .relay import LeadSender, Relay
-from .web import METRICS, error_middleware, metrics_middleware
+from .web import METRICS, edge_middleware
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def create_app(
     """The public app; ``upstream_traces`` are extra aiohttp traces on the Calltouch session."""
     app = web.Application(
         client_max_size=settings.max_body,
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[edge_middleware],
         handler_args={"max_field_size": 8190, "max_line_size": 8190},
     )
     app[SETTINGS] = settings

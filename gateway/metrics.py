@@ -81,7 +81,19 @@ class Metrics:
         self.ready = Gauge("ctgw_ready", "1 while the gateway takes leads.", registry=r)
         self.queue = QueueCollector()
         r.register(self.queue)
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._zero()
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count a public request; label children are cached, this runs on every request."""
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            counter = self.http.labels(route, method, str(status))
+            children = (counter, self.http_seconds.labels(route))
+            self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def _zero(self) -> None:
         # Series that exist from the start let increase() see the first event.

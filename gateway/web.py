@@ -45,26 +45,37 @@ def _from_http(exc: web.HTTPException) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors become JSON here, and every answer is counted; one layer, on the hot path."""
+    started = time.perf_counter()
+    try:
+        response = await _answer(request, handler)
+    except BaseException:
+        _count(request, 500, started)  # cancelled, or an HTTP redirect passing through
+        raise
+    response.headers.update(_SECURITY_HEADERS)
+    _count(request, response.status, started)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error answer has one shape: ``{"error": code, "errors": [{field, code, message}]}``."""
     try:
-        response = await handler(request)
+        return await handler(request)
     except GatewayError as exc:
         body = error_body(exc.error, [e.as_dict() for e in exc.errors])
-        response = web.Response(
+        return web.Response(
             status=exc.status, body=body, headers=exc.headers, content_type="application/json"
         )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _from_http(exc)
+        return _from_http(exc)
     except Exception:
         log.exception("unhandled error route=%s", _route(request))
         body = error_body("internal", [{"field": None, "code": "internal",
                                         "message": "internal error; the lead was not taken"}])
-        response = web.Response(status=500, body=body, content_type="application/json")
-    response.headers.update(_SECURITY_HEADERS)
-    return response
+        return web.Response(status=500, body=body, content_type="application/json")
 
 
 def _route(request: web.Request) -> str:
@@ -72,17 +83,8 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        metrics = request.app[METRICS]
-        route = _route(request)
-        method = request.method if request.method in _METHODS else "OTHER"
-        metrics.http.labels(route, method, str(status)).inc()
-        metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+def _count(request: web.Request, status: int, started: float) -> None:
+    method = request.method if request.method in _METHODS else "OTHER"
+    request.app[METRICS].observe_http(
+        _route(request), method, status, time.perf_counter() - started
+    )

@@ -127,21 +127,21 @@ class SQLiteQueue:
 
     @staticmethod
     def _put(conn: sqlite3.Connection, item: Put, now: float) -> PutResult:
-        if item.dedup_key is not None:
-            row = conn.execute(
-                f"SELECT {_STATUS_COLS} FROM jobs WHERE kind = ? AND dedup_key = ?",
-                (item.kind, item.dedup_key),
-            ).fetchone()
-            if row is not None:
-                return PutResult(_status(row), created=False)
         job_id = new_id()
-        conn.execute(
-            "INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at)"
+        # New leads are the common case: insert first, look up only on a dedup conflict.
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO jobs"
+            " (id, kind, state, payload, dedup_key, created_at, visible_at)"
             " VALUES (?, ?, 'ready', ?, ?, ?, ?)",
             (job_id, item.kind, item.payload, item.dedup_key, now, now),
-        )
-        status = Status(job_id, item.kind, State.READY, now, 0, None, None)
-        return PutResult(status, created=True)
+        ).rowcount
+        if inserted:
+            return PutResult(Status(job_id, item.kind, State.READY, now, 0, None, None), True)
+        row = conn.execute(
+            f"SELECT {_STATUS_COLS} FROM jobs WHERE kind = ? AND dedup_key = ?",
+            (item.kind, item.dedup_key),
+        ).fetchone()
+        return PutResult(_status(row), created=False)
 
     async def lease(self, kind: str, limit: int, now: float, visibility: float) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
