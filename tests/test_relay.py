@@ -61,6 +61,15 @@ async def all_have_status(
     return all(s == status for s in states)
 
 
+async def wait_status(
+    http: aiohttp.ClientSession, gw: Gateway, ids: list[str], status: str, timeout: float
+) -> None:
+    async def reached() -> bool:
+        return await all_have_status(http, gw, ids, status)
+
+    await eventually(reached, timeout=timeout, interval=0.2)
+
+
 @pytest.mark.slow
 async def test_burst_of_300_is_delivered_once_each_within_the_limit(
     start_gateway: Any, settings: Settings, slow_sandbox: str, http: aiohttp.ClientSession
@@ -124,16 +133,10 @@ async def test_outage_then_recovery_delivers_everything(
     await sandbox_config(http, fast_sandbox, fault="503")
     ids = [(await post_lead(http, gw.url, lead(i)))[1]["id"] for i in range(10)]
 
-    async def all_retrying() -> bool:
-        return await all_have_status(http, gw, ids, "retrying")
-
-    await eventually(all_retrying, timeout=15)
+    await wait_status(http, gw, ids, "retrying", 15)
     await sandbox_config(http, fast_sandbox, fault=None)
 
-    async def delivered() -> bool:
-        return await all_have_status(http, gw, ids, "delivered")
-
-    await eventually(delivered, timeout=30, interval=0.5)
+    await wait_status(http, gw, ids, "delivered", 30)
     ok = [r for r in await sandbox_requests(http, fast_sandbox) if r["status"] == 200]
     assert sorted(r["form"]["requestNumber"] for r in ok) == sorted(f"req-{i}" for i in range(10))
     value = gw.metrics.registry.get_sample_value
@@ -147,10 +150,7 @@ async def test_permanent_failure_is_dead_then_replayed_by_the_cli(
     await sandbox_config(http, fast_sandbox, fault="error200")
     _, answer = await post_lead(http, gw.url, lead(1))
 
-    async def dead() -> bool:
-        return (await status_of(http, gw, answer["id"]))["status"] == "dead"
-
-    await eventually(dead, timeout=10)
+    await wait_status(http, gw, [answer["id"]], "dead", 10)
     status = await status_of(http, gw, answer["id"])
     assert "without requestId" in status["last_error"] and status["attempts"] == 1
     assert "79205550055" not in str(status) and "ivan@" not in str(status)
@@ -165,10 +165,7 @@ async def test_permanent_failure_is_dead_then_replayed_by_the_cli(
     )
     assert replay.returncode == 0 and "replayed 1" in replay.stdout
 
-    async def delivered() -> bool:
-        return (await status_of(http, gw, answer["id"]))["status"] == "delivered"
-
-    await eventually(delivered, timeout=10)
+    await wait_status(http, gw, [answer["id"]], "delivered", 10)
 
 
 async def test_a_429_storm_slows_down_and_then_delivers(
@@ -186,10 +183,7 @@ async def test_a_429_storm_slows_down_and_then_delivers(
     assert (await sandbox_stats(http, fast_sandbox))["by_status"].get("429", 0) >= 1
     await sandbox_config(http, fast_sandbox, fault=None)
 
-    async def delivered() -> bool:
-        return await all_have_status(http, gw, ids, "delivered")
-
-    await eventually(delivered, timeout=40, interval=0.5)
+    await wait_status(http, gw, ids, "delivered", 40)
 
 
 async def test_too_old_leads_go_to_the_dead_letters(
@@ -199,10 +193,7 @@ async def test_too_old_leads_go_to_the_dead_letters(
     await sandbox_config(http, fast_sandbox, fault="503")
     _, answer = await post_lead(http, gw.url, lead(1))
 
-    async def dead() -> bool:
-        return (await status_of(http, gw, answer["id"]))["status"] == "dead"
-
-    await eventually(dead, timeout=10)
+    await wait_status(http, gw, [answer["id"]], "dead", 10)
     assert "expired" in (await status_of(http, gw, answer["id"]))["last_error"]
     assert gw.metrics.registry.get_sample_value("ctgw_leads_dead_total", {"reason": "expired"})
 
@@ -214,17 +205,11 @@ async def test_a_hanging_upstream_times_out_and_is_retried(
     await sandbox_config(http, fast_sandbox, fault="hang")
     _, answer = await post_lead(http, gw.url, lead(1))
 
-    async def retrying() -> bool:
-        return (await status_of(http, gw, answer["id"]))["status"] == "retrying"
-
-    await eventually(retrying, timeout=10)
+    await wait_status(http, gw, [answer["id"]], "retrying", 10)
     assert (await status_of(http, gw, answer["id"]))["last_error"] == "timed out"
     await sandbox_config(http, fast_sandbox, fault=None)
 
-    async def delivered() -> bool:
-        return (await status_of(http, gw, answer["id"]))["status"] == "delivered"
-
-    await eventually(delivered, timeout=15, interval=0.5)
+    await wait_status(http, gw, [answer["id"]], "delivered", 15)
 
 
 async def test_a_busy_event_loop_cannot_bunch_requests(
@@ -242,10 +227,7 @@ async def test_a_busy_event_loop_cannot_bunch_requests(
     gw = await start_gateway(replace(settings, calltouch_url=fast_sandbox), [trace])
     ids = [(await post_lead(http, gw.url, lead(i)))[1]["id"] for i in range(30)]
 
-    async def delivered() -> bool:
-        return await all_have_status(http, gw, ids, "delivered")
-
-    await eventually(delivered, timeout=40, interval=0.5)
+    await wait_status(http, gw, ids, "delivered", 40)
     stats = await sandbox_stats(http, fast_sandbox)
     assert stats["by_status"] == {"200": 30} and stats["max_in_window"] <= 5, stats
 
