@@ -23,11 +23,13 @@ def client_ip(peer: str | None, forwarded: str | None, trusted: Sequence[IPNetwo
     Only hops appended by trusted proxies count: whatever a client wrote into
     ``X-Forwarded-For`` itself stands left of them and is never reached first.
     """
-    address = _ip(peer or "")
-    if address is None:
-        return peer or "unknown"
-    if not forwarded or not any(address in net for net in trusted):
-        return str(address)
+    if not peer:
+        return "unknown"
+    if not forwarded or not trusted:
+        return peer  # the common case, on every lead: no parsing
+    address = _ip(peer)
+    if address is None or not any(address in net for net in trusted):
+        return peer
     for hop in reversed(forwarded.split(",")):
         hop_ip = _ip(hop)
         if hop_ip is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 import time
 import zoneinfo
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from . import bodies, leads
 from .clients import ClientLimiter, client_ip
 from .config import Settings
 from .errors import BadRequest, GatewayError, InvalidLead, Throttled
+from .ids import new_id
 from .metrics import Metrics
 from .queue import GroupCommit, Put, Queue, QueueError
 
@@ -129,7 +129,7 @@ class Intake:
         lead = leads.validate(data, channel)
         if lead.honeypot:
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
-            return self._answer(secrets.token_urlsafe(12), "queued", 202, "spam")
+            return self._answer(new_id(), "queued", 202, "spam")
         given_number = lead.request_number
         fields = self._complete(lead)
         try:
@@ -145,7 +145,7 @@ class Intake:
     def _complete(self, lead: leads.Lead) -> dict[str, Any]:
         """Fix what must not change on a late delivery: the lead's time and its number."""
         fields = dict(lead.fields)
-        fields.setdefault("requestNumber", "ctgw-" + secrets.token_urlsafe(12))
+        fields.setdefault("requestNumber", "ctgw-" + new_id())
         fields.setdefault(
             "requestDate", datetime.fromtimestamp(time.time(), self._tz).strftime(leads.DATE_FORMAT)
         )
