@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import orjson
 
 from gateway.config import Settings
 
@@ -35,3 +36,19 @@ async def test_no_personal_data_in_any_log_line(
         or _PHONE.search(line)
     ]
     assert leaks == []
+
+
+def test_every_gateway_log_line_is_a_json_object() -> None:
+    assert LOG_LINES, "no log line was kept"
+    # The sandbox (a stand-in for Calltouch, not the gateway) announces its port in plain text.
+    ours = [line for line in LOG_LINES if not line.startswith("sandbox listening")]
+    bad = [line for line in ours if not _is_event(line)]
+    assert bad == []
+
+
+def _is_event(line: str) -> bool:
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(entry, dict) and {"ts", "level", "logger", "event"} <= entry.keys()
