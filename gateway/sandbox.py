@@ -201,6 +201,8 @@ class SandboxThread:
         finally:
             self._ready.set()
         self._loop.run_forever()
+        # Let closed connections run their connection_lost callbacks before the loop goes.
+        self._loop.run_until_complete(asyncio.sleep(0.01))
         self._loop.close()
 
 

@@ -92,6 +92,9 @@ class GatewayThread:
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._cleanup(), self._loop).result(30)
+        # Let closed connections run their connection_lost callbacks before the loop stops,
+        # or their sockets are only found unclosed by a later test's garbage collection.
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
