@@ -1,8 +1,10 @@
-"""Python load generators, each run in its own process; prints one JSON object.
+"""Python load generators on :mod:`bench.openloop`'s raw client; each run in its own process,
+printing one JSON object.
 
-* ``open URL --rate R --seconds S`` — open loop (:mod:`bench.openloop`): latency from the
-  moment each request was *due*, and for comparison from the moment it was actually sent.
-* ``closed URL --connections C --seconds S`` — the fallback when ``wrk`` is missing.
+* ``open URL --rate R --seconds S`` — open loop: latency from the moment each request was
+  *due*, and for comparison from the moment it was actually sent.
+* ``closed URL --connections C --seconds S`` — the fallback when ``wrk`` is missing: C workers
+  each post, wait for the answer, and post again.
 """
 
 from __future__ import annotations
@@ -11,31 +13,18 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from . import openloop, payload
 from .openloop import Sample
 
-_HEADERS = {"Content-Type": payload.CONTENT_TYPE}
-
-
-async def _post(session: aiohttp.ClientSession, url: str, data: bytes) -> int:
-    try:
-        async with session.post(url, data=data, headers=_HEADERS) as response:
-            await response.read()
-            return response.status
-    except (aiohttp.ClientError, TimeoutError):
-        return 0
-
 
 def percentiles(values: Sequence[float], scale: float = 1e3) -> dict[str, float]:
-    """p50/p90/p99/p99.9/max of ``values`` (seconds), in ms by default."""
+    """p50/p90/p99/p99.9/max/mean of ``values`` (seconds), in ms by default."""
     ordered = sorted(values)
     if not ordered:
         return {}
@@ -64,16 +53,22 @@ def summarise_open(samples: Sequence[Sample], rate: float) -> dict[str, object]:
     }
 
 
-async def open_loop(url: str, rate: float, seconds: float, warmup: float,
-                    prefix: str) -> dict[str, object]:
+def _client(url: str) -> tuple[openloop.Client, str, int]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    return openloop.Client(host, port), host, port
+
+
+def _request(host: str, port: int, n: int, prefix: str) -> bytes:
+    return openloop.request_bytes(host, port, "/leads", payload.CONTENT_TYPE,
+                                  payload.body(n, prefix))
+
+
+async def open_loop(url: str, rate: float, seconds: float, warmup: float,
+                    prefix: str) -> dict[str, object]:
+    client, host, port = _client(url)
     skip = int(rate * warmup)
-    requests = [
-        openloop.request_bytes(host, port, "/leads", payload.CONTENT_TYPE, payload.body(i, prefix))
-        for i in range(skip + int(rate * seconds))
-    ]
-    client = openloop.Client(host, port)
+    requests = [_request(host, port, i, prefix) for i in range(skip + int(rate * seconds))]
     try:
         samples = await openloop.schedule(client, requests, rate)
     finally:
@@ -81,33 +76,29 @@ async def open_loop(url: str, rate: float, seconds: float, warmup: float,
     return summarise_open(samples[skip:], rate)
 
 
-async def _worker(session: aiohttp.ClientSession, url: str, prefix: str, deadline: float,
-                  statuses: Counter[int], latencies: list[float]) -> None:
-    n = 0
-    while (started := time.monotonic()) < deadline:
-        statuses[await _post(session, url, payload.body(n, prefix))] += 1
-        latencies.append(time.monotonic() - started)
-        n += 1
-
-
 async def closed_loop(url: str, connections: int, seconds: float,
                       prefix: str) -> dict[str, object]:
-    statuses: Counter[int] = Counter()
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=connections)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.monotonic()
-        deadline = started + seconds
-        await asyncio.gather(*(
-            _worker(session, f"{url}/leads", f"{prefix}-{c}", deadline, statuses, latencies)
-            for c in range(connections)
-        ))
-        elapsed = time.monotonic() - started
-    ok = sum(v for k, v in statuses.items() if 0 < k < 400)
-    return {"requests": sum(statuses.values()), "ok": ok, "seconds": elapsed,
+    client, host, port = _client(url)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + seconds
+    samples: list[Sample] = []
+
+    async def worker(name: str) -> None:
+        n = 0
+        while (now := loop.time()) < deadline:
+            samples.append(await client.post(_request(host, port, n, name), now))
+            n += 1
+
+    try:
+        await asyncio.gather(*(worker(f"{prefix}-{c}") for c in range(connections)))
+    finally:
+        client.close()
+    statuses = Counter(s[0] for s in samples)
+    return {"requests": len(samples), "ok": sum(v for k, v in statuses.items() if 0 < k < 400),
+            "seconds": loop.time() - started,
             "statuses": {str(k): v for k, v in statuses.items()},
-            "latency_ms": percentiles(latencies)}
+            "latency_ms": percentiles([s[3] - s[2] for s in samples])}
 
 
 def main(argv: list[str]) -> None:

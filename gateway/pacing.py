@@ -2,7 +2,7 @@
 
 A token bucket paces *grants*; but a grant is not an arrival. When the event loop is busy,
 requests granted 200 ms apart leave bunched, and Calltouch counts six in one second. So the
-pacer remembers when each request was actually written (aiohttp's ``on_request_headers_sent``)
+pacer remembers when each request was actually written (aiohttp's ``on_request_chunk_sent``)
 and grants request *k* only after request *k - n* was written at least one window ago. Since a
 request is written after its grant, ``written[k] - written[k - n] >= window`` always holds: no
 window ever holds more than ``n`` requests, whatever the loop does in between.
@@ -49,7 +49,7 @@ class Pacer:
         self,
         rate: float,
         *,
-        margin: float = 0.02,
+        margin: float = 0.03,
         recovery: float = 0.5,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
