@@ -21,6 +21,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 _MOD_ID = re.compile(r"^[0-9a-z]{8}$")
 _SANDBOX_SITE_ID = "18990"
+_SECRET = frozenset({"CTGW_API_TOKENS"})  # an error line must not print a token
 
 
 class ConfigError(ValueError):
@@ -88,7 +89,8 @@ def _parse(env: Mapping[str, str], name: str, conv: Callable[[str], T], default:
     try:
         return conv(raw)
     except ValueError as exc:
-        raise ConfigError(name, f"{exc} (got {raw!r})") from None
+        shown = "(value hidden)" if name in _SECRET else f"(got {raw!r})"
+        raise ConfigError(name, f"{exc} {shown}") from None
 
 
 def parse_duration(raw: str) -> float:

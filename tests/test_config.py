@@ -158,3 +158,10 @@ def test_serve_stops_with_code_2_and_one_line(
     [line] = result.stderr.splitlines()
     assert variable in line
     assert line.startswith("ct-gateway: ")
+
+
+def test_a_bad_token_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_env({"CTGW_SITE_ID": "1", "CTGW_API_TOKENS": "short-secret-9"})
+    assert caught.value.variable == "CTGW_API_TOKENS"
+    assert "short-secret-9" not in str(caught.value)
