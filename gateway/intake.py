@@ -145,10 +145,11 @@ class Intake:
     def _complete(self, lead: leads.Lead) -> dict[str, Any]:
         """Fix what must not change on a late delivery: the lead's time and its number."""
         fields = dict(lead.fields)
-        fields.setdefault("requestNumber", "ctgw-" + new_id())
-        fields.setdefault(
-            "requestDate", datetime.fromtimestamp(time.time(), self._tz).strftime(leads.DATE_FORMAT)
-        )
+        if "requestNumber" not in fields:
+            fields["requestNumber"] = "ctgw-" + new_id()
+        if "requestDate" not in fields:
+            now = datetime.fromtimestamp(time.time(), self._tz)
+            fields["requestDate"] = now.strftime(leads.DATE_FORMAT)
         return fields
 
     @staticmethod
