@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .calltouch import CalltouchClient, Delivered, Outcome, Permanent, Retry
+from .calltouch import CalltouchClient, Delivered, Outcome, Retry
 from .metrics import Metrics
 from .pacing import Pacer, Slot, backoff
 from .queue import Job, Queue
@@ -199,4 +199,4 @@ class Relay:
             log.error("dead job=%s reason=%s", job.id, reason)
 
 
-__all__ = ["LeadSender", "Permanent", "Relay", "Sender"]
+__all__ = ["LeadSender", "Relay", "Sender"]

@@ -22,7 +22,7 @@ from .base import PENDING, Job, Put, PutResult, QueueError, State, Stats, Status
 
 T = TypeVar("T")
 
-_PENDING_SQL = "('ready', 'leased', 'delayed')"
+_PENDING_SQL = "(" + ", ".join(f"'{state.value}'" for state in PENDING) + ")"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id          TEXT PRIMARY KEY,
@@ -283,5 +283,3 @@ class SQLiteQueue:
                 await asyncio.get_running_loop().run_in_executor(pool, conn.close)
             pool.shutdown(wait=True)
 
-
-__all__ = ["PENDING", "SQLiteQueue"]
