@@ -50,6 +50,23 @@ class ClientRate:
 
 
 @dataclass(frozen=True, slots=True)
+class BotWeights:
+    """Points each bot signal adds to a browser lead's score (0 turns a signal off)."""
+
+    fast: int = 2  # sent sooner than ``bot_min_elapsed`` after the page loaded
+    origin: int = 1  # neither ``Origin`` nor ``Referer`` names the site
+    agent: int = 2  # a user agent from ``bot_agents``
+
+
+# Lower-case substrings of user agents that no person's browser sends.
+DEFAULT_BOT_AGENTS = (
+    "bot", "crawl", "spider", "slurp", "curl/", "wget/", "python-requests", "python-urllib",
+    "aiohttp", "httpx", "go-http-client", "java/", "okhttp", "libwww", "scrapy", "phantomjs",
+    "headlesschrome",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     site_id: str
     mod_id: str | None = None
@@ -63,6 +80,7 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     client_rate: ClientRate = ClientRate(10 / 60, 5)
     retention: float = 7 * 86400.0
+    dead_retention: float = 30 * 86400.0
     max_age: float = 72 * 3600.0
     lease_timeout: float = 60.0
     timezone: str = "Europe/Moscow"
@@ -71,6 +89,13 @@ class Settings:
     upstream_timeout: float = 15.0
     concurrency: int = 16
     shutdown_grace: float = 10.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 1024
+    bot_min_elapsed: float = 1.5
+    bot_weights: BotWeights = BotWeights()
+    bot_threshold: int = 2
+    bot_agents: tuple[str, ...] = DEFAULT_BOT_AGENTS
     sandbox: bool = False
 
     def with_calltouch(self, url: str) -> Settings:
@@ -182,6 +207,33 @@ def parse_timezone(raw: str) -> str:
     return raw
 
 
+def parse_count(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1_000_000:
+        raise ValueError("expected a whole number from 1 to 1000000")
+    return int(raw)
+
+
+def parse_timeout(raw: str) -> float:
+    seconds = parse_duration(raw)
+    if not 0 < seconds <= 3600:
+        raise ValueError("expected a duration above 0 and at most 1h")
+    return seconds
+
+
+def parse_weights(raw: str) -> BotWeights:
+    weights: dict[str, int] = {}
+    for item in raw.split(","):
+        name, _, value = item.strip().partition("=")
+        if name not in BotWeights.__dataclass_fields__ or not value.isdigit():
+            raise ValueError("expected NAME=POINTS pairs, e.g. fast=2,origin=1,agent=2")
+        weights[name] = int(value)
+    return replace(BotWeights(), **weights)
+
+
+def parse_agents(raw: str) -> tuple[str, ...]:
+    return tuple(a.strip().lower() for a in raw.split(",") if a.strip())
+
+
 def parse_level(raw: str) -> str:
     level = raw.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -214,5 +266,13 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         lease_timeout=_parse(env, "CTGW_LEASE_TIMEOUT", parse_lease, d.lease_timeout),
         timezone=_parse(env, "CTGW_TIMEZONE", parse_timezone, d.timezone),
         log_level=_parse(env, "CTGW_LOG_LEVEL", parse_level, d.log_level),
+        dead_retention=_parse(env, "CTGW_DEAD_RETENTION", parse_duration, d.dead_retention),
+        header_timeout=_parse(env, "CTGW_HEADER_TIMEOUT", parse_timeout, d.header_timeout),
+        body_timeout=_parse(env, "CTGW_BODY_TIMEOUT", parse_timeout, d.body_timeout),
+        max_connections=_parse(env, "CTGW_MAX_CONNECTIONS", parse_count, d.max_connections),
+        bot_min_elapsed=_parse(env, "CTGW_BOT_MIN_ELAPSED", parse_duration, d.bot_min_elapsed),
+        bot_weights=_parse(env, "CTGW_BOT_WEIGHTS", parse_weights, d.bot_weights),
+        bot_threshold=_parse(env, "CTGW_BOT_THRESHOLD", parse_count, d.bot_threshold),
+        bot_agents=_parse(env, "CTGW_BOT_AGENTS", parse_agents, d.bot_agents),
         sandbox=sandbox,
     )
