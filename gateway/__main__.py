@@ -16,8 +16,10 @@ from aiohttp import web
 from . import logs
 from .app import OPS_RUNNER, create_app
 from .config import ConfigError, Settings, from_env
+from .listener import listen
 from .queue import Queue, State, open_queue
 from .sandbox import SandboxThread
+from .web import METRICS
 
 log = logging.getLogger("gateway")
 
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(settings: Settings) -> None:
     runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=5)
     await runner.setup()
-    await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+    await listen(runner, settings, runner.app[METRICS])
     ops = runner.app[OPS_RUNNER]
     log.info("listening public=%s ops=%s", _address(runner), _address(ops))
     stop = asyncio.Event()

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import snippet
+from . import listener, snippet
 from .calltouch import CalltouchClient, trace_config
 from .config import Settings
 from .intake import Intake, json_response
@@ -46,7 +46,7 @@ def create_app(
     app = web.Application(
         client_max_size=settings.max_body,
         middlewares=[edge_middleware],
-        handler_args={"max_field_size": 8190, "max_line_size": 8190},
+        handler_args=listener.handler_args(settings),
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()

@@ -1,8 +1,9 @@
 """Domain errors, translated to HTTP only at the edge (``intake``/``app``).
 
     GatewayError
-    ├── BadRequest          the request cannot be taken at all (400, 403, 413, 415, 503)
-    │   └── Throttled       the client posts too fast (429 with Retry-After)
+    ├── BadRequest          the request cannot be taken at all (400, 403, 408, 413, 415, 503)
+    │   ├── Throttled       the client posts too fast (429 with Retry-After)
+    │   └── SlowClient      the body did not arrive in time (408, connection closed)
     └── InvalidLead         the body reads, but fields break the rules (422)
 """
 
@@ -28,6 +29,7 @@ class GatewayError(Exception):
     status = 400
     error = "bad_request"
     outcome = "rejected"  # the label of ctgw_leads_received_total
+    close_connection = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -60,6 +62,13 @@ class Throttled(BadRequest):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class SlowClient(BadRequest):
+    close_connection = True  # the rest of the body may never come; do not wait for it
+
+    def __init__(self) -> None:
+        super().__init__("body_timeout", "the body took too long to arrive", status=408)
 
 
 class InvalidLead(GatewayError):

@@ -25,6 +25,7 @@ from .clients import ClientLimiter, client_ip
 from .config import Settings
 from .errors import BadRequest, GatewayError, InvalidLead, Throttled
 from .ids import new_id
+from .listener import read_body
 from .metrics import Metrics
 from .queue import GroupCommit, Put, Queue, QueueError
 
@@ -125,7 +126,8 @@ class Intake:
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
         if (request.content_length or 0) > self.settings.max_body:
             raise BadRequest("body_too_large", "the body is too large", status=413)
-        data = bodies.decode(request.content_type, await request.read())
+        body = await read_body(request, self.settings.body_timeout)
+        data = bodies.decode(request.content_type, body)
         lead = leads.validate(data, channel)
         if lead.honeypot:
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.

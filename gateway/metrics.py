@@ -79,6 +79,13 @@ class Metrics:
             ["route"], buckets=_FAST, registry=r,
         )
         self.ready = Gauge("ctgw_ready", "1 while the gateway takes leads.", registry=r)
+        self.connections = Gauge(
+            "ctgw_http_connections", "Open connections on the public listener.", registry=r
+        )
+        self.connections_refused = Counter(
+            "ctgw_http_connections_refused",
+            "Connections turned away with 503 because CTGW_MAX_CONNECTIONS were open.", registry=r,
+        )
         self.queue = QueueCollector()
         r.register(self.queue)
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

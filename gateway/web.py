@@ -22,6 +22,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
@@ -64,9 +65,12 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except GatewayError as exc:
         body = error_body(exc.error, [e.as_dict() for e in exc.errors])
-        return web.Response(
+        response = web.Response(
             status=exc.status, body=body, headers=exc.headers, content_type="application/json"
         )
+        if exc.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

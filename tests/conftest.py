@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.app import OPS_RUNNER, create_app
 from gateway.config import ClientRate, HostPort, Settings
+from gateway.listener import listen
 from gateway.logs import JsonFormatter
 from gateway.metrics import Metrics
 from gateway.sandbox import SandboxThread
@@ -74,7 +75,7 @@ async def start_gateway() -> AsyncIterator[object]:
         metrics = Metrics()
         runner = web.AppRunner(create_app(settings, metrics, traces), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+        await listen(runner, settings, metrics)  # the production listener, with its caps
         runners.append(runner)
         ops = runner.app[OPS_RUNNER]
         return Gateway(_url(runner), _url(ops), runner, metrics)

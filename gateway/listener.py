@@ -1,0 +1,107 @@
+"""The public listener: a TCP site that caps open connections.
+
+A flood of idle or slow connections must not take the file descriptors and memory that real
+visitors need. Past the cap a connection is answered ``503`` at once and closed: a browser's
+snippet keeps the lead and sends it again, where a silently dropped socket would make it wait.
+Slow clients are cut off elsewhere: headers by aiohttp's keep-alive timer (see
+:func:`handler_args`), bodies by the intake's read deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .config import Settings
+from .errors import SlowClient
+from .metrics import Metrics
+from .web import error_body
+
+_BODY = error_body("too_many_connections", [{
+    "field": None, "code": "too_many_connections", "message": "the gateway is busy; retry",
+}])
+_TURN_AWAY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n"
+    b"Content-Length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY
+)
+
+
+def handler_args(settings: Settings) -> dict[str, float | int]:
+    """Per-connection limits for :class:`aiohttp.web.Application`'s ``handler_args``.
+
+    aiohttp's keep-alive timer starts when a connection opens and again after each answer, and
+    closes the connection if no complete request head has arrived when it fires; trickling bytes
+    do not reset it. So it is also the header read timeout a slow-loris client meets.
+    """
+    return {
+        "keepalive_timeout": settings.header_timeout,
+        "max_field_size": 8190,
+        "max_line_size": 8190,
+        # After an early answer (413, 408) read the rest of a body only briefly, then close.
+        "lingering_time": 1.0,
+    }
+
+
+class _TurnAway(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_TURN_AWAY)
+        transport.close()
+
+
+class CappedSite(web.BaseSite):
+    """Like :class:`aiohttp.web.TCPSite`, turning away connections past ``max_connections``."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *,
+        max_connections: int, on_refused: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(runner, backlog=512)
+        self._host, self._port = host, port
+        self._max = max_connections
+        self._on_refused = on_refused
+        self._handlers = runner.server
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    def open_connections(self) -> int:
+        return 0 if self._handlers is None else len(self._handlers.connections)
+
+    def _protocol(self) -> asyncio.Protocol:
+        assert self._handlers is not None
+        if self.open_connections() >= self._max:
+            self._on_refused()
+            return _TurnAway()
+        return self._handlers()
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self._host, self._port, backlog=self._backlog
+        )
+
+
+async def listen(runner: web.AppRunner, settings: Settings, metrics: Metrics) -> CappedSite:
+    """Open the public listener of a set-up runner of :func:`gateway.app.create_app`."""
+    site = CappedSite(
+        runner, settings.listen.host, settings.listen.port,
+        max_connections=settings.max_connections, on_refused=metrics.connections_refused.inc,
+    )
+    metrics.connections.set_function(site.open_connections)
+    await site.start()
+    return site
+
+
+async def read_body(request: web.Request, deadline: float) -> bytes:
+    """The request body, or 408 when the client takes over ``deadline`` seconds to send it."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await request.read()
+    except TimeoutError:
+        raise SlowClient from None

@@ -1,0 +1,152 @@
+"""Slow and greedy clients against the real public listener, over raw sockets.
+
+A raw socket lets a test do what a browser never would: trickle a request head or a body byte
+by byte, or hold connections open without asking for anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from gateway.config import Settings
+
+from .support import Gateway, eventually, lead
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _connect(gateway: Gateway) -> Conn:
+    url = urlsplit(gateway.url)
+    assert url.hostname is not None and url.port is not None
+    return await asyncio.open_connection(url.hostname, url.port)
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in head[1:] if line)
+    body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+    return int(head[0].split()[1]), headers, body
+
+
+async def _get(conn: Conn, path: str = "/api/v1/leads/none") -> int:
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+    status, _, _ = await _answer(reader)
+    return status
+
+
+@contextlib.asynccontextmanager
+async def _trickling(writer: asyncio.StreamWriter, byte: bytes) -> AsyncIterator[None]:
+    """Send one byte every 50 ms for as long as the block runs (far longer than any timeout)."""
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():
+                writer.write(byte)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(trickle())
+    try:
+        yield
+    finally:
+        task.cancel()
+        writer.close()
+
+
+async def _time(fn: Callable[[], object]) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await fn()  # type: ignore[misc]
+    return loop.time() - started
+
+
+@pytest.fixture
+def strict(settings: Settings) -> Settings:
+    return replace(settings, header_timeout=1.0, body_timeout=1.0, max_connections=4)
+
+
+async def test_a_slow_request_head_is_cut_off_while_others_are_served(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    reader, writer = await _connect(gateway)
+    writer.write(b"POST /leads HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+    async with _trickling(writer, b"a"):
+        other = await _connect(gateway)
+        assert await _get(other) == 401  # a normal client on its own connection is answered
+        other[1].close()
+        # The server closes without a word: read() returns at EOF, long before the trickle ends.
+        waited = await _time(lambda: asyncio.wait_for(reader.read(), timeout=10))
+    assert 0.8 < waited < 5, waited
+
+
+async def test_a_slow_body_gets_408_and_the_connection_closes(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    reader, writer = await _connect(gateway)
+    body = orjson.dumps(lead(1))
+    writer.write(
+        b"POST /leads HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10]
+    )
+    async with _trickling(writer, b" "):
+        status, headers, answer = await asyncio.wait_for(_answer(reader), timeout=10)
+        assert status == 408
+        assert headers["Connection"] == "close"
+        assert orjson.loads(answer)["error"] == "body_timeout"
+        assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+    sample = gateway.metrics.registry.get_sample_value
+    assert sample("ctgw_leads_received_total", {"channel": "browser", "outcome": "rejected"}) == 1
+
+
+async def test_connections_past_the_cap_are_turned_away_then_served_again(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    held = [await _connect(gateway) for _ in range(4)]
+    for conn in held:
+        assert await _get(conn) == 401  # answered, so the server holds each connection now
+    reader, writer = await _connect(gateway)
+    status, headers, answer = await asyncio.wait_for(_answer(reader), timeout=5)
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert orjson.loads(answer)["error"] == "too_many_connections"
+    assert await reader.read() == b""
+    writer.close()
+    sample = gateway.metrics.registry.get_sample_value
+    assert sample("ctgw_http_connections_refused_total") == 1
+    assert sample("ctgw_http_connections") == 4
+
+    held.pop()[1].close()
+
+    async def served() -> bool:
+        conn = await _connect(gateway)
+        try:
+            return await _get(conn) == 401
+        except asyncio.IncompleteReadError:
+            return False
+        finally:
+            conn[1].close()
+
+    await eventually(served, timeout=5, interval=0.05)
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_idle_connections_are_closed_after_the_header_timeout(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    conn = await _connect(gateway)
+    assert await _get(conn) == 401
+    waited = await _time(lambda: asyncio.wait_for(conn[0].read(), timeout=10))
+    conn[1].close()
+    assert 0.8 < waited < 5, waited
