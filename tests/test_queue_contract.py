@@ -192,3 +192,98 @@ async def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
     [job] = await reopened.lease("lead", 1, T0, 30)
     await reopened.close()
     assert job.id == created.status.id and job.payload == b'{"a": 1}'
+
+
+async def settle(q: Queue, outcome: str, at: float, key: str | None = None) -> str:
+    """A job delivered (``"ack"``) or dead (``"bury"``) at ``at``; its id."""
+    created = await put(q, b'{"fio": "' + outcome.encode() + b'"}', key=key)
+    [job] = await q.lease("lead", 1, T0, 30)
+    assert job.id == created.status.id
+    if outcome == "ack":
+        assert await q.ack(job, "5222102", at)
+    else:
+        assert await q.bury(job, "HTTP 400: bad", at)
+    return job.id
+
+
+async def test_purge_takes_only_settled_jobs_past_their_cutoff(queue: Queue) -> None:
+    old_done, new_done = await settle(queue, "ack", T0 + 1), await settle(queue, "ack", T0 + 50)
+    old_dead, new_dead = await settle(queue, "bury", T0 + 1), await settle(queue, "bury", T0 + 20)
+    await put(queue, b'{"fio": "leased"}')
+    [leased] = await queue.lease("lead", 1, T0, 30)
+    await put(queue, b'{"fio": "delayed"}')
+    [delayed] = await queue.lease("lead", 1, T0, 30)
+    assert await queue.retry(delayed, T0 + 5, "HTTP 503", T0)
+    ready = await put(queue, b'{"fio": "ready"}')
+
+    purged = await queue.purge(delivered_before=T0 + 10, dead_before=T0 + 10, limit=10)
+
+    assert (purged.delivered, purged.dead) == (1, 1)
+    for job_id, state, gone in [
+        (old_done, State.DELIVERED, True), (new_done, State.DELIVERED, False),
+        (old_dead, State.DEAD, True), (new_dead, State.DEAD, False),
+        (ready.status.id, State.READY, False), (leased.id, State.LEASED, False),
+        (delayed.id, State.DELAYED, False),
+    ]:
+        status = await queue.status(job_id)
+        assert status is not None and (status.state, status.purged) == (state, gone), job_id
+    # The pending ones keep every byte: they still have to be sent.
+    again = await queue.lease("lead", 10, T0 + 100, 30)
+    assert sorted(j.payload for j in again) == [
+        b'{"fio": "delayed"}', b'{"fio": "leased"}', b'{"fio": "ready"}',
+    ]
+
+
+async def test_purge_keeps_a_readable_status(queue: Queue) -> None:
+    done = await settle(queue, "ack", T0 + 1)
+    dead = await settle(queue, "bury", T0 + 1)
+    before = [await queue.status(done), await queue.status(dead)]
+    await queue.purge(T0 + 2, T0 + 2, 10)
+    after = [await queue.status(done), await queue.status(dead)]
+    assert [s.as_dict() for s in after if s] == [s.as_dict() for s in before if s]
+    assert [s.public_status for s in after if s] == ["delivered", "dead"]
+    assert after[0] is not None and after[0].upstream_id == "5222102"
+    assert after[1] is not None and after[1].last_error == "HTTP 400: bad"
+    [listed] = await queue.dead(10)
+    assert listed.id == dead and listed.purged
+
+
+async def test_dedup_still_answers_for_a_purged_job(queue: Queue) -> None:
+    done = await settle(queue, "ack", T0 + 1, key="req-1")
+    await queue.purge(T0 + 2, T0 + 2, 10)
+    again = await put(queue, b'{"fio": "again"}', key="req-1")
+    assert not again.created and again.status.id == done
+    assert again.status.public_status == "delivered"
+    assert await queue.lease("lead", 10, T0 + 100, 30) == []
+
+
+async def test_replay_skips_purged_dead_letters(queue: Queue) -> None:
+    purged = await settle(queue, "bury", T0 + 1)
+    kept = await settle(queue, "bury", T0 + 20)
+    await queue.purge(T0 + 10, T0 + 10, 10)
+    assert await queue.replay([purged], T0 + 30) == 0
+    assert await queue.replay(None, T0 + 30) == 1
+    [job] = await queue.lease("lead", 10, T0 + 30, 30)
+    assert job.id == kept and job.payload == b'{"fio": "bury"}'
+    status = await queue.status(purged)
+    assert status is not None and status.state == State.DEAD and status.purged
+
+
+async def test_purge_works_in_batches_until_done(queue: Queue) -> None:
+    ids = [await settle(queue, "ack", T0 + i) for i in range(7)]
+    dead = [await settle(queue, "bury", T0 + i) for i in range(3)]
+    purged = await queue.purge(T0 + 100, T0 + 100, limit=2)
+    assert (purged.delivered, purged.dead, purged.flushed) == (7, 3, True)
+    statuses = [await queue.status(i) for i in ids + dead]
+    assert all(s is not None and s.purged for s in statuses)
+    again = await queue.purge(T0 + 100, T0 + 100, limit=2)
+    assert (again.delivered, again.dead) == (0, 0)
+    with pytest.raises(ValueError):
+        await queue.purge(T0, T0, limit=0)
+
+
+async def test_a_job_settled_at_the_cutoff_is_kept(queue: Queue) -> None:
+    done = await settle(queue, "ack", T0 + 10)
+    assert (await queue.purge(T0 + 10, T0 + 10, 10)).delivered == 0
+    status = await queue.status(done)
+    assert status is not None and not status.purged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import PENDING, Job, Put, PutResult, Queue, QueueError, State, Stats, Status
+from .base import PENDING, Job, Purged, Put, PutResult, Queue, QueueError, State, Stats, Status
 from .batching import GroupCommit
 
 
@@ -22,6 +22,7 @@ __all__ = [
     "PENDING",
     "GroupCommit",
     "Job",
+    "Purged",
     "Put",
     "PutResult",
     "Queue",

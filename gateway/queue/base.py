@@ -3,7 +3,8 @@
 A job moves ``ready → leased → delivered``; a failed send moves it to ``delayed`` (retry at a
 time) or ``dead``; a lease that is not acked in time expires and the job is leased again. A
 job's ``lease`` number changes with every lease, so an answer from an expired lease cannot
-overwrite the outcome of a newer one.
+overwrite the outcome of a newer one. A settled job's payload (the lead, with all its personal
+data) is purged after its retention; its status stays.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Status:
     attempts: int
     last_error: str | None
     upstream_id: str | None
+    purged: bool = False  # the payload is gone: nothing left to send, a dead one stays dead
 
     @property
     def public_status(self) -> str:
@@ -82,6 +84,15 @@ class Status:
 class PutResult:
     status: Status
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge removed; ``flushed`` is ``False`` while old copies may remain on disk."""
+
+    delivered: int = 0
+    dead: int = 0
+    flushed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +125,19 @@ class Queue(Protocol):
     async def dead(self, limit: int) -> list[Status]: ...
 
     async def replay(self, job_ids: Sequence[str] | None, now: float) -> int:
-        """Make dead jobs ready again (all of them when ``job_ids`` is ``None``)."""
+        """Make dead jobs ready again (all of them when ``job_ids`` is ``None``).
+
+        A purged dead job has nothing to send: it stays dead and is not counted.
+        """
+
+    async def purge(self, delivered_before: float, dead_before: float, limit: int) -> Purged:
+        """Drop the payload of delivered jobs settled before ``delivered_before`` and of dead
+        jobs settled before ``dead_before``; status and dedup key stay.
+
+        Works in transactions of at most ``limit`` jobs, letting other writes in between. When
+        it returns with ``flushed``, no copy of a purged payload is left in the store's files;
+        otherwise a later purge finishes that.
+        """
 
     async def next_visible_at(self, kind: str) -> float | None: ...
 

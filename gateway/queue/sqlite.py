@@ -3,6 +3,10 @@
 Every call runs on a single-thread executor that owns its connection, so the event loop never
 blocks on disk; reads that may scan (stats, listings) use a second connection and thread, so a
 scrape never holds up a commit. Group commit lives in :mod:`gateway.queue.batching`.
+
+A purge must leave no copy of a lead on disk: ``secure_delete`` zeroes every freed cell and
+page (also the leftovers of page splits, so it is on from the first write), and a truncating
+checkpoint afterwards drops the WAL frames that still hold the old pages.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ..ids import new_id
-from .base import PENDING, Job, Put, PutResult, QueueError, State, Stats, Status
+from .base import PENDING, Job, Purged, Put, PutResult, QueueError, State, Stats, Status
 
 T = TypeVar("T")
 
@@ -45,8 +49,21 @@ CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (kind, visible_at, state)
 CREATE INDEX IF NOT EXISTS jobs_age ON jobs (created_at) WHERE state IN {_PENDING_SQL};
 CREATE INDEX IF NOT EXISTS jobs_done ON jobs (state, done_at)
     WHERE state IN ('delivered', 'dead');
+CREATE INDEX IF NOT EXISTS jobs_purge ON jobs (state, done_at)
+    WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL;
 """
-_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id"
+_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL"
+# The same terms as jobs_purge's WHERE, so the planner may use it; purged rows leave that
+# index, so a purge never walks over the (ever growing) history of earlier ones.
+_PURGE_SQL = (
+    "UPDATE jobs SET payload = NULL WHERE rowid IN (SELECT rowid FROM jobs"
+    " WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL"
+    " AND state = ? AND done_at < ? LIMIT ?)"
+)
+_BUSY_MS = 10_000
+# A truncating checkpoint waits for readers with the writer lock held: wait briefly, and
+# leave the rest to the next purge rather than stall intake.
+_FLUSH_BUSY_MS = 1_000
 
 
 def path_from_url(url: str) -> Path:
@@ -63,15 +80,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
     return conn
 
 
 def _status(row: tuple[object, ...]) -> Status:
-    id_, kind, state, created, attempts, error, upstream = row
+    id_, kind, state, created, attempts, error, upstream, purged = row
     return Status(
         str(id_), str(kind), State(state), float(created),  # type: ignore[arg-type]
-        int(attempts), error, upstream,  # type: ignore[call-overload, arg-type]
+        int(attempts), error, upstream, bool(purged),  # type: ignore[call-overload, arg-type]
     )
 
 
@@ -85,6 +103,9 @@ class SQLiteQueue:
         self._w: sqlite3.Connection | None = None
         self._wlock = asyncio.Lock()
         self._r: sqlite3.Connection | None = None
+        # Purged payloads may still sit in the WAL until a truncating checkpoint succeeds; true
+        # at open too, since an earlier process may have purged and stopped before its own.
+        self._unflushed = True
 
     @classmethod
     async def open(cls, url: str) -> SQLiteQueue:
@@ -243,13 +264,45 @@ class SQLiteQueue:
         def run(conn: sqlite3.Connection) -> int:
             sql = (
                 "UPDATE jobs SET state = 'ready', visible_at = ?, attempts = 0,"
-                " created_at = ?, done_at = NULL WHERE state = 'dead'"
+                " created_at = ?, done_at = NULL WHERE state = 'dead' AND payload IS NOT NULL"
             )
             if job_ids is None:
                 return conn.execute(sql, (now, now)).rowcount
             return sum(conn.execute(f"{sql} AND id = ?", (now, now, i)).rowcount for i in job_ids)
 
         return await self._write(self._tx(run))
+
+    async def purge(self, delivered_before: float, dead_before: float, limit: int) -> Purged:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        delivered = await self._purge_state(State.DELIVERED, delivered_before, limit)
+        dead = await self._purge_state(State.DEAD, dead_before, limit)
+        if self._unflushed:
+            self._unflushed = not await self._write(self._flush)
+        return Purged(delivered, dead, flushed=not self._unflushed)
+
+    async def _purge_state(self, state: State, before: float, limit: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(_PURGE_SQL, (state.value, before, limit)).rowcount
+
+        total = 0
+        while True:
+            # One transaction per batch, each taking the lock anew: intake waits for one
+            # batch at most, not for the whole purge.
+            count = await self._write(self._tx(run))
+            total += count
+            self._unflushed = self._unflushed or count > 0
+            if count < limit:
+                return total
+
+    def _flush(self) -> bool:
+        assert self._w is not None
+        self._w.execute(f"PRAGMA busy_timeout={_FLUSH_BUSY_MS}")
+        try:
+            busy, _, _ = self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._w.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        return bool(busy == 0)
 
     async def next_visible_at(self, kind: str) -> float | None:
         def run() -> float | None:
