@@ -90,8 +90,21 @@ def _dead_list(limit: int) -> Callable[[Queue], Awaitable[None]]:
 def _replay(ids: list[str] | None) -> Callable[[Queue], Awaitable[None]]:
     async def run(queue: Queue) -> None:
         print(f"replayed {await queue.replay(ids, time.time())}")
+        purged = await _purged_dead(queue, ids)
+        if purged:
+            print(f"not replayed {purged}: lead data purged after CTGW_DEAD_RETENTION")
 
     return run
+
+
+async def _purged_dead(queue: Queue, ids: list[str] | None) -> int:
+    """Dead letters the replay had to leave dead: their payload is gone, nothing to send."""
+    if ids is None:
+        dead = await queue.dead((await queue.stats()).counts[State.DEAD])
+    else:
+        found = [await queue.status(job_id) for job_id in dict.fromkeys(ids)]
+        dead = [s for s in found if s is not None and s.state == State.DEAD]
+    return sum(s.purged for s in dead)
 
 
 def main(argv: list[str] | None = None) -> int:

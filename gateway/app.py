@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .pacing import Pacer
 from .queue import PENDING, GroupCommit, Queue, State, open_queue
 from .relay import LeadSender, Relay
+from .retention import Retention
 from .web import METRICS, edge_middleware
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
     app[TRACES] = tuple(upstream_traces)
-    app.cleanup_ctx.extend([_queue_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx])
+    app.cleanup_ctx.extend(
+        [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
+    )
     app.on_shutdown.append(_start_draining)
     app.on_response_prepare.append(_hide_server)
     app.router.add_post("/leads", _browser)
@@ -98,6 +101,14 @@ async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await committer.stop()
     await queue.close()
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    retention = Retention(app[QUEUE], app[METRICS], settings.retention, settings.dead_retention)
+    retention.start()
+    yield
+    await retention.stop()
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:

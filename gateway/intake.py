@@ -19,14 +19,16 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
 from . import bodies, leads
+from .bots import BotScorer
 from .clients import ClientLimiter, client_ip
 from .config import Settings
 from .errors import BadRequest, GatewayError, InvalidLead, Throttled
 from .ids import new_id
 from .listener import read_body
-from .metrics import Metrics
+from .metrics import BOT_SIGNALS, Metrics
 from .queue import GroupCommit, Put, Queue, QueueError
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,15 @@ class Intake:
     _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
     _tokens: list[bytes] = field(init=False, repr=False)
     limiter: ClientLimiter = field(init=False, repr=False)
+    _bots: BotScorer = field(init=False, repr=False)
+    _signals: dict[str, Counter] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
         self.limiter = ClientLimiter(self.settings.client_rate)
         self._tokens = [t.encode() for t in self.settings.api_tokens]
+        self._bots = BotScorer.from_settings(self.settings)
+        self._signals = {s: self.metrics.bot_signals.labels(s) for s in BOT_SIGNALS}
 
     async def browser(self, request: web.Request) -> web.Response:
         return await self._counted(request, "browser", self._browser)
@@ -89,7 +95,9 @@ class Intake:
 
     async def _browser(self, request: web.Request) -> Answer:
         origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_ok(origin, request.host):
+        # A same-origin POST from a page with "Referrer-Policy: no-referrer" carries
+        # "Origin: null"; it says nothing of a foreign site, so it is scored, not refused.
+        if origin not in (None, "null") and not self._origin_ok(origin, request.host):
             raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
         peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"),
                          self.settings.trusted_proxies)
@@ -129,7 +137,7 @@ class Intake:
         body = await read_body(request, self.settings.body_timeout)
         data = bodies.decode(request.content_type, body)
         lead = leads.validate(data, channel)
-        if lead.honeypot:
+        if self._is_bot(request, lead, channel):
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
             return self._answer(new_id(), "queued", 202, "spam")
         given_number = lead.request_number
@@ -143,6 +151,24 @@ class Intake:
             return self._answer(result.status.id, result.status.public_status, 200, "duplicate")
         self.on_queued(LEAD_KIND)
         return self._answer(result.status.id, "queued", 202, "accepted")
+
+    def _is_bot(self, request: web.Request, lead: leads.Lead, channel: leads.Channel) -> bool:
+        if lead.honeypot:
+            self._signals["honeypot"].inc()
+            log.debug("bot lead not queued signals=honeypot")
+            return True
+        if channel == "api":
+            return False  # a token holder's server: the browser's signals do not apply
+        headers = request.headers
+        score = self._bots.score(lead.elapsed, headers.get("Origin"), headers.get("Referer"),
+                                 headers.get("User-Agent"), request.host)
+        # Counted below the threshold too: how often each fires on real leads guides the weights.
+        for signal in score.signals:
+            self._signals[signal].inc()
+        if score.bot:  # signal names only: never a header's value
+            log.debug("bot lead not queued score=%d signals=%s",
+                      score.points, ",".join(score.signals))
+        return score.bot
 
     def _complete(self, lead: leads.Lead) -> dict[str, Any]:
         """Fix what must not change on a late delivery: the lead's time and its number."""

@@ -17,6 +17,9 @@ MAX_CUSTOM_FIELDS = 20
 MAX_TAGS = 20
 CONTACT_FIELDS = ("fio", "phoneNumber", "email")
 DATE_FORMAT = "%d.%m.%Y %H:%M:%S"
+# The largest integer a browser's Number holds exactly: Math.round(performance.now()) never
+# exceeds it, so a real page, however long it stayed open, is never refused.
+MAX_ELAPSED = 2**53 - 1
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]{2,}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -34,6 +37,7 @@ class Lead:
 
     fields: Mapping[str, Any]
     honeypot: bool = False
+    elapsed: int | None = None  # ms from page load to submission, as the snippet measured it
 
     @property
     def request_number(self) -> str | None:
@@ -126,6 +130,16 @@ def normalise_custom(value: object) -> dict[str, str]:
     return fields
 
 
+def normalise_elapsed(value: object) -> int:
+    if isinstance(value, str):  # a form body carries it as text
+        text = value.strip()
+        # 16 digits already pass MAX_ELAPSED: no int() of a digit run as long as a body.
+        value = int(text) if text.isascii() and text.isdigit() and len(text) <= 16 else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ELAPSED:
+        raise _Bad("invalid_elapsed", "must be whole milliseconds since the page loaded")
+    return value
+
+
 def _limited(limit: int, *, multiline: bool = False) -> Callable[[object], str]:
     return lambda value: _text(value, limit, multiline=multiline)
 
@@ -144,6 +158,8 @@ _NORMALISERS: dict[str, Callable[[object], object]] = {
     "customFields": normalise_custom,
 }
 _BROWSER_FORBIDDEN = frozenset({"requestDate"})
+# What the snippet says about the submission itself: read here, never relayed.
+_SIGNAL_FIELDS = frozenset({"_honeypot", "_elapsed"})
 
 
 def _is_empty(value: object) -> bool:
@@ -160,10 +176,28 @@ def _check(name: str, value: object, channel: Channel) -> object:
 
 def validate(data: Mapping[str, object], channel: Channel) -> Lead:
     """Normalise a decoded body into a :class:`Lead` or raise :class:`InvalidLead`."""
+    fields, errors = _fields(data, channel)
+    elapsed = None
+    if not _is_empty(raw := data.get("_elapsed")):
+        try:
+            elapsed = normalise_elapsed(raw)
+        except _Bad as bad:
+            errors.append(FieldError("_elapsed", bad.code, str(bad)))
+    if not errors and not any(f in fields for f in CONTACT_FIELDS):
+        message = "at least one of fio, phoneNumber, email is required"
+        errors.append(FieldError(None, "contact_required", message))
+    if errors:
+        raise InvalidLead(errors)
+    return Lead(fields, honeypot=not _is_empty(data.get("_honeypot")), elapsed=elapsed)
+
+
+def _fields(
+    data: Mapping[str, object], channel: Channel
+) -> tuple[dict[str, object], list[FieldError]]:
     fields: dict[str, object] = {}
     errors: list[FieldError] = []
     for name, value in data.items():
-        if name == "_honeypot" or (_is_empty(value) and name in _NORMALISERS):
+        if name in _SIGNAL_FIELDS or (_is_empty(value) and name in _NORMALISERS):
             continue
         try:
             normalised = _check(name, value, channel)
@@ -172,9 +206,4 @@ def validate(data: Mapping[str, object], channel: Channel) -> Lead:
             continue
         if not _is_empty(normalised):
             fields[name] = normalised
-    if not errors and not any(f in fields for f in CONTACT_FIELDS):
-        message = "at least one of fio, phoneNumber, email is required"
-        errors.append(FieldError(None, "contact_required", message))
-    if errors:
-        raise InvalidLead(errors)
-    return Lead(fields, honeypot=not _is_empty(data.get("_honeypot")))
+    return fields, errors

@@ -19,6 +19,8 @@ UPSTREAM_OUTCOMES = (
     "invalid_answer",
 )
 DEAD_REASONS = ("client_error", "invalid_answer", "expired")
+RETENTION_STATES = ("delivered", "dead")
+BOT_SIGNALS = ("honeypot", "fast", "origin", "agent")  # the last three: gateway.bots.SIGNALS
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _UPSTREAM = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0)
@@ -42,6 +44,11 @@ class Metrics:
             "ctgw_validation_errors", "Field errors in rejected leads, by code.",
             ["code"], registry=r,
         )
+        self.bot_signals = Counter(
+            "ctgw_bot_signals", "Bot signals that fired on leads, by signal; one lead may fire "
+            "several.",
+            ["signal"], registry=r,
+        )
         self.upstream = Counter(
             "ctgw_upstream_requests", "Requests to Calltouch, by method and outcome.",
             ["method", "outcome"], registry=r,
@@ -55,6 +62,10 @@ class Metrics:
         )
         self.dead = Counter(
             "ctgw_leads_dead", "Leads dead-lettered, by reason.", ["reason"], registry=r
+        )
+        self.retention_purged = Counter(
+            "ctgw_retention_purged", "Settled leads whose personal data was purged, by state.",
+            ["state"], registry=r,
         )
         self.delivery_seconds = Histogram(
             "ctgw_lead_delivery_seconds", "Time from acceptance to delivery.",
@@ -111,6 +122,10 @@ class Metrics:
             self.upstream.labels("register", outcome)
         for reason in DEAD_REASONS:
             self.dead.labels(reason)
+        for state in RETENTION_STATES:
+            self.retention_purged.labels(state)
+        for signal in BOT_SIGNALS:
+            self.bot_signals.labels(signal)
 
 
 class QueueCollector(Collector):

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import OPS_RUNNER, create_app
-from gateway.config import ClientRate, HostPort, Settings
+from gateway.config import BotWeights, ClientRate, HostPort, Settings
 from gateway.listener import listen
 from gateway.logs import JsonFormatter
 from gateway.metrics import Metrics
@@ -62,6 +62,9 @@ def settings(tmp_path: Path, sandbox: SandboxThread) -> Settings:
         api_tokens=(TOKEN,),
         upstream_timeout=2.0,
         client_rate=ClientRate(10_000.0, 10_000),  # the limiter has its own tests
+        # aiohttp's client names itself in User-Agent, sends no Origin, and tests post the
+        # instant a page loads: every one would be scored a bot. The bot tests turn them on.
+        bot_weights=BotWeights(fast=0, origin=0, agent=0),
         shutdown_grace=2.0,
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import InvalidLead
-from gateway.leads import Channel, validate
+from gateway.leads import MAX_ELAPSED, Channel, validate
 
 CONTACT = {"fio": "Иван Петров"}
 
@@ -296,3 +296,34 @@ def test_honeypot_flags_a_bot_and_is_not_a_field(honeypot: object, flagged: bool
 
 def test_no_honeypot_means_a_person() -> None:
     assert validate(CONTACT, "browser").honeypot is False
+
+
+@pytest.mark.parametrize(("raw", "elapsed"), [
+    (5000, 5000), (0, 0), ("1500", 1500), (" 1500 ", 1500), ("007", 7),
+    (MAX_ELAPSED, MAX_ELAPSED), (str(MAX_ELAPSED), MAX_ELAPSED),
+    (None, None), ("", None),
+])
+def test_elapsed_is_carried_and_never_a_field(raw: object, elapsed: int | None) -> None:
+    channels: tuple[Channel, ...] = ("browser", "api")  # carried on both; only one is scored
+    for channel in channels:
+        lead = validate({**CONTACT, "_elapsed": raw}, channel)
+        assert lead.elapsed == elapsed
+        assert dict(lead.fields) == CONTACT
+
+
+def test_no_elapsed_is_none() -> None:
+    assert validate(CONTACT, "browser").elapsed is None
+
+
+@pytest.mark.parametrize("raw", [
+    -1, "-1", 1.5, 1500.0, "1.5", "1e3", "abc", "0x10", True, False, [1500], {"ms": 1},
+    "\uff11\uff15",  # full-width digits
+    MAX_ELAPSED + 1, str(MAX_ELAPSED + 1), "9" * 17, "9" * 5000,
+])
+def test_bad_elapsed_is_invalid_elapsed(raw: object) -> None:
+    assert codes({**CONTACT, "_elapsed": raw}) == [("_elapsed", "invalid_elapsed")]
+
+
+def test_bad_elapsed_is_reported_with_the_other_errors() -> None:
+    data = {"phoneNumber": "1", "_elapsed": "soon"}
+    assert codes(data) == [("phoneNumber", "invalid_phone"), ("_elapsed", "invalid_elapsed")]

@@ -8,6 +8,7 @@ Calltouch simulator received and that the page saw no JavaScript error.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.config import ClientRate, Settings, parse_networks
+from gateway.app import SETTINGS
+from gateway.config import BotWeights, ClientRate, Settings, parse_networks
 from gateway.sandbox import SandboxThread
 
 from .support import Gateway, eventually, need_binary, sandbox_requests
@@ -38,6 +40,8 @@ HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade", "content-length",
 })
 QUEUED = "JSON.parse(localStorage.ctgw_q || '[]')"
+CHROME = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/124.0.0.0 Safari/537.36")
 
 
 @dataclass
@@ -130,10 +134,11 @@ async def gw(start_gateway: Any, browser_settings: Settings) -> Gateway:
     return gateway
 
 
-@pytest.fixture
-async def proxy(gw: Gateway) -> AsyncIterator[Proxy]:
+@contextlib.asynccontextmanager
+async def site(gateway: Gateway) -> AsyncIterator[Proxy]:
+    """The site's web server in front of ``gateway``."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
-        proxy = Proxy(gw.url, session)
+        proxy = Proxy(gateway.url, session)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", proxy.handle)
         runner = web.AppRunner(app, access_log=None)
@@ -143,6 +148,12 @@ async def proxy(gw: Gateway) -> AsyncIterator[Proxy]:
         proxy.url = f"http://{host}:{port}"
         yield proxy
         await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(gw: Gateway) -> AsyncIterator[Proxy]:
+    async with site(gw) as proxy:
+        yield proxy
 
 
 @pytest.fixture
@@ -341,7 +352,7 @@ async def test_never_sends_passwords_cards_or_tokens(
     assert "SECRET" not in raw and "4111" not in raw, raw
     assert set(posted.body) == {
         "fio", "email", "phoneNumber", "customFields", "subject", "requestUrl",
-        "requestNumber", "_honeypot",
+        "requestNumber", "_honeypot", "_elapsed",
     }
     assert posted.body["_honeypot"] == ""  # a person left the trap empty
     assert tab.errors == []
@@ -435,6 +446,8 @@ async def test_gateway_unreachable_then_sent_on_next_load(
     await tab.page.wait_for_function(f"{QUEUED}.length == 0")
     [form] = await received(http, sandbox, 1)
     assert form["requestNumber"] == number
+    # The bot score judges the moment of submission, not of the retry.
+    assert proxy.leads[-1].body["_elapsed"] == proxy.leads[0].body["_elapsed"]
     assert (form["fio"], form["phoneNumber"], form["sessionId"]) == ("Ivan Petrov", PHONE, SESSION)
     assert tab.errors == []
 
@@ -542,3 +555,47 @@ async def test_script_tag_configuration_and_mod_id_default(
     assert form["subject"] == "callback"
     assert [p.path for p in proxy.leads] == ["/leads?from=config"]  # data-endpoint
     assert tab.errors == []
+
+
+async def test_bot_score_drops_a_form_sent_at_once_and_relays_one_sent_later(
+    context: BrowserContext, start_gateway: Any, browser_settings: Settings,
+    http: aiohttp.ClientSession, sandbox: SandboxThread,
+) -> None:
+    # Production's bot settings. Only the user agent is a person's browser's: headless
+    # Chromium calls itself HeadlessChrome, a listed bot.
+    gw: Gateway = await start_gateway(replace(browser_settings, bot_weights=BotWeights()))
+    min_ms = gw.runner.app[SETTINGS].bot_min_elapsed * 1000
+    assert context.browser is not None
+    person = await context.browser.new_context(user_agent=CHROME)
+    try:
+        async with site(gw) as proxy:
+            tab = Tab(await person.new_page())
+            await tab.page.goto(proxy.url + "/double.html")
+            await loaded(tab.page)
+            await tab.page.fill("[name=your-name]", "Ivan Petrov")
+            await tab.page.fill("[name=your-phone]", "+7 920 555-00-55")
+            await tab.page.fill("[name=your-message]", "At once")
+            await tab.page.click(".wpcf7-submit")
+
+            async def answered() -> bool:
+                return len(proxy.leads) == 1
+
+            await eventually(answered, timeout=10)
+            [hasty] = proxy.leads
+            assert hasty.body["_elapsed"] < min_ms, "sent late: the test proves nothing"
+            assert hasty.status == 202  # what a person would get
+
+            await tab.page.wait_for_function(f"performance.now() > {min_ms}")
+            await tab.page.fill("[name=your-message]", "After reading the page")
+            await tab.page.click(".wpcf7-submit")
+            [form] = await received(http, sandbox, 1)
+            assert form["comment"] == "After reading the page"
+            assert proxy.leads[1].body["_elapsed"] >= min_ms
+            assert tab.errors == []
+    finally:
+        await person.close()
+    value = gw.metrics.registry.get_sample_value
+    assert value("ctgw_leads_received_total", {"channel": "browser", "outcome": "spam"}) == 1
+    assert value("ctgw_leads_received_total", {"channel": "browser", "outcome": "accepted"}) == 1
+    fired = {s: value("ctgw_bot_signals_total", {"signal": s}) for s in ("fast", "origin", "agent")}
+    assert fired == {"fast": 1, "origin": 0, "agent": 0}

@@ -52,8 +52,9 @@ return(l.fio||l.phoneNumber||l.email)&&(l.customFields=c,l.subject=l.subject||f.
 d.addEventListener("submit",e=>{try{let f=e.target,l,k;
 if(f instanceof HTMLFormElement&&!("ctIgnore"in f.dataset)&&(!F||f.matches(F))
 &&(f.noValidate||f.checkValidity())&&(l=O(f))){
-// a double submit of the same data within 10 s keeps its number: the gateway dedups it
-k=JSON.stringify(l);l.requestNumber=P.k==k&&T()-P.t<1e4?P.n:R();P={k,n:l.requestNumber,t:T()};V(G(l))}}catch(x){}},!0);
+// a double submit of the same data within 10 s keeps its number: the gateway dedups it;
+// _elapsed (ms since page load) feeds the gateway's bot score, and retries keep it
+k=JSON.stringify(l);l.requestNumber=P.k==k&&T()-P.t<1e4?P.n:R();P={k,n:l.requestNumber,t:T()};l._elapsed=Math.round(performance.now());V(G(l))}}catch(x){}},!0);
 w.addEventListener("pagehide",()=>{X=1;H.forEach(k=>k())});
 w.addEventListener("online",U);setTimeout(U,1e3);
 // manual API; replays calls queued by the stub before this script ran

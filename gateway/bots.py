@@ -1,0 +1,92 @@
+"""Bot signals on browser leads: a small score from cheap facts about one request (pure).
+
+Each signal that fires adds its weight (``CTGW_BOT_WEIGHTS``); a lead whose score reaches
+``CTGW_BOT_THRESHOLD`` is taken for a bot's. A weight of 0 turns a signal off: it is not even
+checked. The signals:
+
+* ``fast`` — the snippet says the form was sent sooner than ``CTGW_BOT_MIN_ELAPSED`` after the
+  page loaded. A lead without that figure (a site posting from its own code) never fires it.
+* ``origin`` — neither ``Origin`` nor ``Referer`` names this site: its own host, or one of
+  ``CTGW_ALLOWED_ORIGINS``. Browsers send ``Origin`` with every POST; scripts rarely do.
+* ``agent`` — no ``User-Agent``, or one containing a substring of ``CTGW_BOT_AGENTS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .config import Settings
+
+FAST, ORIGIN, AGENT = "fast", "origin", "agent"
+SIGNALS = (FAST, ORIGIN, AGENT)
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    points: int
+    signals: tuple[str, ...]  # the names that fired, in the order of SIGNALS
+    bot: bool
+
+
+CLEAN = Score(0, (), False)
+
+
+@dataclass(frozen=True, slots=True)
+class BotScorer:
+    """Built once from the settings; :meth:`score` runs on every browser lead."""
+
+    min_elapsed_ms: float
+    weights: tuple[int, int, int]  # fast, origin, agent
+    threshold: int
+    agents: tuple[str, ...]  # lower case
+    allowed_origins: frozenset[str]  # lower case, no trailing slash
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BotScorer:
+        w = settings.bot_weights
+        # An empty substring would match every agent; settings built in code may use capitals.
+        agents = tuple(a.lower() for a in settings.bot_agents if a)
+        return cls(settings.bot_min_elapsed * 1000, (w.fast, w.origin, w.agent),
+                   settings.bot_threshold, agents, settings.allowed_origins)
+
+    def score(
+        self, elapsed_ms: int | None, origin: str | None, referer: str | None,
+        agent: str | None, host: str,
+    ) -> Score:
+        """Score one request: ``host`` is its ``Host``; headers it lacks are ``None``."""
+        fast, by_origin, by_agent = self.weights
+        fired = (
+            fast > 0 and elapsed_ms is not None and elapsed_ms < self.min_elapsed_ms,
+            by_origin > 0 and not self._names_site(origin, host)
+            and not self._names_site(referer, host),
+            by_agent > 0 and self._bot_agent(agent),
+        )
+        if not any(fired):
+            return CLEAN  # a person, the common case: nothing to add up
+        points = sum(w for w, hit in zip(self.weights, fired, strict=True) if hit)
+        signals = tuple(name for name, hit in zip(SIGNALS, fired, strict=True) if hit)
+        return Score(points, signals, points >= self.threshold)
+
+    def _names_site(self, url: str | None, host: str) -> bool:
+        if not url:
+            return False
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            return False
+        netloc = parts.netloc.lower()
+        if not netloc:  # "null", "about:blank", a bare path
+            return False
+        return netloc == host.lower() or f"{parts.scheme}://{netloc}" in self.allowed_origins
+
+    def _bot_agent(self, agent: str | None) -> bool:
+        if agent is None or not agent.strip():
+            return True
+        lowered = agent.lower()
+        # On every browser lead: a plain loop takes half the time of any() over a generator,
+        # and less than one compiled alternation of the substrings.
+        for needle in self.agents:  # noqa: SIM110
+            if needle in lowered:
+                return True
+        return False
