@@ -57,15 +57,20 @@ def create_app(
     )
     app.on_shutdown.append(_start_draining)
     app.on_response_prepare.append(_hide_server)
-    app.router.add_post("/leads", _browser)
-    app.router.add_route("OPTIONS", "/leads", _preflight)
-    app.router.add_post("/api/v1/leads", _api)
-    app.router.add_get("/api/v1/leads/{id}", _status)
     served = snippet.Snippet.load(settings.mod_id, cross_origin=bool(settings.allowed_origins))
-    app.router.add_get("/snippet.js", served.serve)
+    routes = [
+        ("POST", "/leads", _browser),
+        ("OPTIONS", "/leads", _preflight),
+        ("POST", "/api/v1/leads", _api),
+        ("GET", "/api/v1/leads/{id}", _status),
+        ("GET", "/snippet.js", served.serve),
+    ]
     if settings.sandbox:
-        app.router.add_get("/", snippet.demo)
-        app.router.add_get("/sandbox/leads", _sandbox_leads)
+        routes += [("GET", "/", snippet.demo), ("GET", "/sandbox/leads", _sandbox_leads)]
+    expect = listener.expect_handler(settings.max_body)
+    for method, path, handler in routes:
+        for verb in ("HEAD", "GET") if method == "GET" else (method,):  # as add_get does
+            app.router.add_route(verb, path, handler, expect_handler=expect)
     return app
 
 

@@ -10,7 +10,8 @@ Slow clients are cut off elsewhere: headers by aiohttp's keep-alive timer (see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -100,8 +101,31 @@ async def listen(runner: web.AppRunner, settings: Settings, metrics: Metrics) ->
 
 async def read_body(request: web.Request, deadline: float) -> bytes:
     """The request body, or 408 when the client takes over ``deadline`` seconds to send it."""
+    if request.content.is_eof():
+        return await request.read()  # already all here, as a form's small body mostly is
     try:
         async with asyncio.timeout(deadline):
             return await request.read()
     except TimeoutError:
         raise SlowClient from None
+
+
+def expect_handler(max_body: int) -> Callable[[web.Request], Awaitable[None]]:
+    """``Expect`` handling for every route, in place of aiohttp's default.
+
+    The default answers any value but ``100-continue`` with a plain-text 417 that echoes the
+    header and skips the middlewares. RFC 9110 lets a server ignore an expectation it does not
+    know, so we do; and a body over the limit is not invited, the handler answers 413 unread.
+    """
+
+    async def handle(request: web.Request) -> None:
+        expect = request.headers.get("Expect", "")
+        if request.version != (1, 1) or expect.lower() != "100-continue":
+            return
+        if (request.content_length or 0) > max_body:
+            return
+        with contextlib.suppress(ConnectionError):  # the client left; the read will notice
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the body's size
+
+    return handle

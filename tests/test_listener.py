@@ -150,3 +150,38 @@ async def test_idle_connections_are_closed_after_the_header_timeout(
     waited = await _time(lambda: asyncio.wait_for(conn[0].read(), timeout=10))
     conn[1].close()
     assert 0.8 < waited < 5, waited
+
+
+@pytest.mark.parametrize("expect", ["!", "x" * 200, "100-continue, foo", "102-processing"])
+async def test_an_unknown_expectation_is_ignored(
+    start_gateway: Callable[..., object], strict: Settings, expect: str
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    reader, writer = await _connect(gateway)
+    body = orjson.dumps(lead(2))
+    writer.write(
+        f"POST /leads HTTP/1.1\r\nHost: gw\r\nExpect: {expect}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    status, _, answer = await asyncio.wait_for(_answer(reader), timeout=5)
+    writer.close()
+    assert status == 202, answer
+    assert expect.encode() not in answer
+
+
+async def test_100_continue_is_sent_only_for_a_body_within_the_limit(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    reader, writer = await _connect(gateway)
+    body = orjson.dumps(lead(3))
+    head = "POST /leads HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n" \
+           "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n"
+    writer.write(head.format(len(body)).encode())
+    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    assert (await asyncio.wait_for(_answer(reader), timeout=5))[0] == 202
+    writer.write(head.format(strict.max_body + 1).encode())
+    status, _, answer = await asyncio.wait_for(_answer(reader), timeout=5)
+    writer.close()
+    assert (status, orjson.loads(answer)["error"]) == (413, "body_too_large")
