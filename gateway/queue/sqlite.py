@@ -146,16 +146,16 @@ class SQLiteQueue:
         return run
 
     async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
-        """Inserts run on the loop, commit (the fsync) on the writer thread.
+        """BEGIN and the inserts run on the loop, only COMMIT (the fsync) on the writer thread.
 
-        Each statement on the thread would hand the GIL over twice, waiting up to the switch
-        interval each time while the loop is busy; a batch of inserts costs microseconds, so
-        the thread gets only BEGIN and COMMIT. The lock keeps every other write out meanwhile.
+        Each trip to the thread hands the GIL over twice, waiting up to the switch interval
+        each time while the loop is busy; a batch of inserts costs microseconds. The lock
+        keeps every other write of this process out meanwhile.
         """
         async with self._wlock:
             conn = self._w
             assert conn is not None
-            await self._on_writer(lambda: conn.execute("BEGIN IMMEDIATE"))
+            await self._begin(conn)
             try:
                 results = [self._put(conn, item, now) for item in items]
                 await self._on_writer(lambda: conn.execute("COMMIT"))
@@ -164,6 +164,23 @@ class SQLiteQueue:
                     await self._on_writer(lambda: conn.execute("ROLLBACK"))
                 raise QueueError(f"sqlite: {exc}") from exc
             return results
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock: at once on the loop, or, held by another process, on the thread.
+
+        In WAL mode the lock is a byte in shared memory; only its busy wait may sleep, and
+        that must not happen on the loop.
+        """
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise QueueError(f"sqlite: {exc}") from exc
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        await self._on_writer(lambda: conn.execute("BEGIN IMMEDIATE"))
 
     @staticmethod
     def _put(conn: sqlite3.Connection, item: Put, now: float) -> PutResult:
