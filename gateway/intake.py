@@ -50,6 +50,7 @@ class Intake:
     on_queued: Callable[[str], None]
     draining: bool = False
     _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
+    _date_cache: tuple[int, str] = field(default=(-1, ""), init=False, repr=False)
     _tokens: list[bytes] = field(init=False, repr=False)
     limiter: ClientLimiter = field(init=False, repr=False)
     _bots: BotScorer = field(init=False, repr=False)
@@ -82,15 +83,15 @@ class Intake:
         try:
             response, outcome = await handler(request)
         except GatewayError as exc:
-            self.metrics.received.labels(channel, exc.outcome).inc()
+            self.metrics.count_received(channel, exc.outcome)
             if isinstance(exc, InvalidLead):
                 for error in exc.errors:
                     self.metrics.validation_errors.labels(error.code).inc()
             raise
         except web.HTTPException:
-            self.metrics.received.labels(channel, "rejected").inc()
+            self.metrics.count_received(channel, "rejected")
             raise
-        self.metrics.received.labels(channel, outcome).inc()
+        self.metrics.count_received(channel, outcome)
         return response
 
     async def _browser(self, request: web.Request) -> Answer:
@@ -176,9 +177,15 @@ class Intake:
         if "requestNumber" not in fields:
             fields["requestNumber"] = "ctgw-" + new_id()
         if "requestDate" not in fields:
-            now = datetime.fromtimestamp(time.time(), self._tz)
-            fields["requestDate"] = now.strftime(leads.DATE_FORMAT)
+            fields["requestDate"] = self._date(int(time.time()))
         return fields
+
+    def _date(self, second: int) -> str:
+        # Leads of one second share the text: time zone arithmetic and strftime, done once.
+        if second != self._date_cache[0]:
+            text = datetime.fromtimestamp(second, self._tz).strftime(leads.DATE_FORMAT)
+            self._date_cache = (second, text)
+        return self._date_cache[1]
 
     @staticmethod
     def _answer(job_id: str, status: str, code: int, outcome: str) -> Answer:

@@ -100,7 +100,17 @@ class Metrics:
         self.queue = QueueCollector()
         r.register(self.queue)
         self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._received_children: dict[tuple[str, str], Counter] = {}
         self._zero()
+
+    def count_received(self, channel: str, outcome: str) -> None:
+        """Count a posted lead; ``labels()`` validates and locks, so children are cached."""
+        child = self._received_children.get((channel, outcome))
+        if child is None:
+            child = self._received_children[channel, outcome] = self.received.labels(
+                channel, outcome
+            )
+        child.inc()
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count a public request; label children are cached, this runs on every request."""

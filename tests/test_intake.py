@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -341,3 +343,21 @@ async def test_other_routes_and_methods_answer_the_error_shape(
         assert resp.status == status
         assert resp.content_type == "application/json"
         assert_error(await resp.json(), "method_not_allowed" if status == 405 else "not_found")
+
+
+async def test_request_date_is_the_acceptance_time_in_the_configured_zone(
+    gateway: Gateway, http: aiohttp.ClientSession, sandbox: SandboxThread
+) -> None:
+    zone = zoneinfo.ZoneInfo("Europe/Moscow")
+    before = datetime.now(zone).replace(microsecond=0)
+    resp, _ = await post(http, f"{gateway.url}/api/v1/leads", lead(40, requestNumber=None))
+    after = datetime.now(zone)
+    assert resp.status == 202
+
+    async def relayed() -> bool:
+        return len(await sandbox_requests(http, sandbox.url)) == 1
+
+    await eventually(relayed, timeout=10)
+    [sent] = await sandbox_requests(http, sandbox.url)
+    stamped = datetime.strptime(sent["form"]["requestDate"], "%d.%m.%Y %H:%M:%S")
+    assert before <= stamped.replace(tzinfo=zone) <= after
