@@ -99,3 +99,20 @@ def test_other_content_types_are_415(content_type: str) -> None:
     with pytest.raises(BadRequest) as info:
         decode(content_type, b'{"fio": "x"}')
     assert (info.value.status, info.value.code) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    (b'{"a": {"b": {"c": {"d": 1}}}}', True),              # four levels: the limit
+    (b'{"a": {"b": {"c": {"d": {"e": 1}}}}}', False),
+    (b'{"a": [[[1]]]}', True),
+    (b'{"a": [[[[1]]]]}', False),
+    (b'{"comment": "{{{{[[[[", "a": {"b": 1}}', True),     # brackets in text are not levels
+    (b'{"comment": "{[{[", "a": {"b": {"c": {"d": {"e": 1}}}}}', False),
+])
+def test_nesting_limit_holds_with_or_without_brackets_in_text(body: bytes, ok: bool) -> None:
+    if ok:
+        assert isinstance(decode(JSON, body), dict)
+        return
+    with pytest.raises(BadRequest) as info:
+        decode(JSON, body)
+    assert info.value.code == "malformed_json"
