@@ -75,7 +75,7 @@ def _load(url: str, opts: IntakeOptions, workdir: Path, seconds: float) -> wrk.T
     prefix = secrets.token_hex(4)
     if not opts.use_wrk:
         return _closed_python(url, opts, seconds, prefix)
-    script = wrk.write_script(workdir / f"lead-{prefix}.lua", prefix)
+    script = wrk.write_script(workdir / f"lead-{prefix}.lua", prefix, url)
     return wrk.run(url, script, seconds=seconds, connections=opts.connections,
                    threads=opts.threads)
 

@@ -92,8 +92,9 @@ class Client:
                 conn.transport.close()
 
 
-def request_bytes(host: str, port: int, path: str, content_type: str, body: bytes) -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+def request_bytes(host: str, port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{lines}"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 

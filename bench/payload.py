@@ -15,6 +15,9 @@ import orjson
 from gateway import leads
 
 CONTENT_TYPE = "text/plain;charset=UTF-8"  # the snippet's choice: no CORS preflight
+USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+              " Chrome/131.0.0.0 Safari/537.36")
+ELAPSED_MS = 23_000  # what the snippet adds: the visitor took 23 s to fill the form in
 NUMBER_MARK = "@@N@@"
 _NAMES = ("Иван Петров", "Мария Смирнова", "Алексей Кузнецов", "Ольга Васильева")
 _COMMENT = "Перезвоните, пожалуйста, после 18:00. Интересует доставка в пятницу."
@@ -40,13 +43,25 @@ def browser_lead(n: int, number: str) -> dict[str, Any]:
     }
 
 
+def browser_headers(url: str) -> dict[str, str]:
+    """The headers a visitor's browser sends with the snippet's post to the gateway at ``url``.
+
+    With them a lead passes the bot score as a person's does, through the same code.
+    """
+    return {"Content-Type": CONTENT_TYPE, "Origin": url.rstrip("/"), "User-Agent": USER_AGENT}
+
+
+def _posted(n: int, number: str) -> dict[str, Any]:
+    return {**browser_lead(n, number), "_elapsed": ELAPSED_MS}
+
+
 def body(n: int, prefix: str) -> bytes:
-    return orjson.dumps(browser_lead(n, f"{prefix}-{n}"))
+    return orjson.dumps(_posted(n, f"{prefix}-{n}"))
 
 
 def body_template() -> tuple[str, str]:
     """The body split around its request number, for load generators that fill it in."""
-    text = orjson.dumps(browser_lead(0, NUMBER_MARK)).decode()
+    text = orjson.dumps(_posted(0, NUMBER_MARK)).decode()
     head, _, tail = text.partition(NUMBER_MARK)
     return head, tail
 

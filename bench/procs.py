@@ -162,9 +162,6 @@ def gateway_env(db: Path, extra: Mapping[str, str]) -> dict[str, str]:
         "CTGW_OPS_LISTEN": f"{LOOPBACK}:{free_port()}",
         # One client IP sends everything here; the per-client limit must not be what we measure.
         "CTGW_CLIENT_RATE": "1000000/s",
-        # The load has no browser's headers; scored as bots, nothing would be queued. A
-        # threshold out of reach keeps the scoring's cost in what we measure.
-        "CTGW_BOT_THRESHOLD": "1000000",
     })
     env.update(extra)
     return env

@@ -60,8 +60,8 @@ def _client(url: str) -> tuple[openloop.Client, str, int]:
 
 
 def _request(host: str, port: int, n: int, prefix: str) -> bytes:
-    return openloop.request_bytes(host, port, "/leads", payload.CONTENT_TYPE,
-                                  payload.body(n, prefix))
+    headers = payload.browser_headers(f"http://{host}:{port}")
+    return openloop.request_bytes(host, port, "/leads", headers, payload.body(n, prefix))
 
 
 async def open_loop(url: str, rate: float, seconds: float, warmup: float,

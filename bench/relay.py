@@ -45,7 +45,7 @@ async def _post_all(url: str, n: int, concurrency: int) -> dict[str, Any]:
     prefix, statuses = secrets.token_hex(4), dict[int, int]()
     acked: list[float] = []
     todo = iter(range(n))
-    headers = {"Content-Type": payload.CONTENT_TYPE}
+    headers = payload.browser_headers(url)
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for i in todo:

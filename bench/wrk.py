@@ -13,13 +13,13 @@ from pathlib import Path
 
 import orjson
 
-from .payload import CONTENT_TYPE, body_template
+from .payload import body_template, browser_headers
 
 _LUA = """\
 local head = [==[%(head)s]==]
 local tail = [==[%(tail)s]==]
 local prefix = "%(prefix)s"
-local headers = {["Content-Type"] = "%(content_type)s"}
+local headers = %(headers)s
 local counter = 0
 local threads = 0
 
@@ -70,13 +70,15 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def write_script(path: Path, prefix: str) -> Path:
+def write_script(path: Path, prefix: str, url: str) -> Path:
     head, tail = body_template()
-    for part in (head, tail):
+    headers = browser_headers(url)
+    for part in (head, tail, *headers.values()):
         if "]==]" in part:
             raise ValueError("the lead template cannot be quoted as a Lua long string")
+    table = ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in headers.items())
     path.write_text(_LUA % {"head": head, "tail": tail, "prefix": prefix,
-                            "content_type": CONTENT_TYPE}, encoding="utf-8")
+                            "headers": "{" + table + "}"}, encoding="utf-8")
     return path
 
 
