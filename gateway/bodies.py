@@ -18,6 +18,15 @@ MAX_DEPTH = 4
 _CUSTOM = re.compile(r"^customField\[(.*)\]$", re.DOTALL)
 
 
+def media_type(header: str) -> str:
+    """``text/plain`` of ``text/plain;charset=UTF-8``.
+
+    Not the standard library's header parser (behind aiohttp's ``content_type``): it recurses
+    once per ``(`` of a comment, and a hostile header of a thousand is a RecursionError.
+    """
+    return header.partition(";")[0].strip().lower()
+
+
 def decode(content_type: str, body: bytes) -> dict[str, Any]:
     """Read a JSON (or text/plain JSON) or form-urlencoded body; raises :class:`BadRequest`."""
     if content_type in JSON_TYPES:

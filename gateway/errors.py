@@ -3,7 +3,8 @@
     GatewayError
     ├── BadRequest          the request cannot be taken at all (400, 403, 408, 413, 415, 503)
     │   ├── Throttled       the client posts too fast (429 with Retry-After)
-    │   └── SlowClient      the body did not arrive in time (408, connection closed)
+    │   ├── SlowClient      the body did not arrive in time (408, connection closed)
+    │   └── ClientGone      the client hung up mid-body (counted; nobody reads the answer)
     └── InvalidLead         the body reads, but fields break the rules (422)
 """
 
@@ -69,6 +70,13 @@ class SlowClient(BadRequest):
 
     def __init__(self) -> None:
         super().__init__("body_timeout", "the body took too long to arrive", status=408)
+
+
+class ClientGone(BadRequest):
+    close_connection = True
+
+    def __init__(self) -> None:
+        super().__init__("client_closed", "the connection closed before the body came", 400)
 
 
 class InvalidLead(GatewayError):

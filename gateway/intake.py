@@ -136,7 +136,7 @@ class Intake:
         if (request.content_length or 0) > self.settings.max_body:
             raise BadRequest("body_too_large", "the body is too large", status=413)
         body = await read_body(request, self.settings.body_timeout)
-        data = bodies.decode(request.content_type, body)
+        data = bodies.decode(bodies.media_type(request.headers.get("Content-Type", "")), body)
         lead = leads.validate(data, channel)
         if self._is_bot(request, lead, channel):
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.

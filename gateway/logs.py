@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from datetime import UTC, datetime
+from types import TracebackType
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,6 +25,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
+
+    def formatException(self, ei: ExcInfo | tuple[None, None, None]) -> str:
+        """Frames and the type, never the message: a message may quote request bytes."""
+        etype, _, tb = ei
+        return "".join(traceback.format_tb(tb)) + (etype.__name__ if etype else "")
+
+
+class ClientErrors(logging.Filter):
+    """aiohttp logs every request it cannot parse as an ERROR with a traceback.
+
+    Scanners send such requests all day; that is the client's fault, not ours, and the
+    exception's text quotes the bytes sent, a token or a phone among them. So they are
+    debug lines with the exception's type only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "unparsable request: %s", (type(exc).__name__,)
+        record.exc_info = None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def setup(level: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -185,3 +186,73 @@ async def test_100_continue_is_sent_only_for_a_body_within_the_limit(
     status, _, answer = await asyncio.wait_for(_answer(reader), timeout=5)
     writer.close()
     assert (status, orjson.loads(answer)["error"]) == (413, "body_too_large")
+
+
+async def _exchange(gateway: Gateway, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await _connect(gateway)
+    writer.write(raw)
+    try:
+        return await asyncio.wait_for(_answer(reader), timeout=5)
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_does_not_match_its_content_encoding_is_400(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    body = orjson.dumps(lead(4))
+    status, _, answer = await _exchange(gateway, (
+        f"POST /leads HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body)
+    assert (status, orjson.loads(answer)["error"]) == (400, "malformed_body")
+
+
+async def test_a_content_type_full_of_comments_is_415_not_a_recursion_error(
+    start_gateway: Callable[..., object], strict: Settings
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    status, _, answer = await _exchange(gateway, (
+        "POST /leads HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json; x=" + "(" * 3000
+        + "\r\nContent-Length: 2\r\n\r\n{}"
+    ).encode())
+    # media type "application/json" with a junk parameter is still JSON: {} lacks a contact
+    assert status == 422, answer
+
+
+async def test_a_client_hanging_up_mid_body_is_no_server_error(
+    start_gateway: Callable[..., object], strict: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    _, writer = await _connect(gateway)
+    writer.write(b"POST /leads HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 500\r\n\r\n{\"fio\": ")
+    await writer.drain()
+    writer.close()
+    sample = gateway.metrics.registry.get_sample_value
+    labels = {"channel": "browser", "outcome": "rejected"}
+
+    async def counted() -> bool:
+        return sample("ctgw_leads_received_total", labels) == 1
+
+    await eventually(counted, timeout=5, interval=0.02)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert not sample("ctgw_http_requests_total",
+                      {"route": "/leads", "method": "POST", "status": "500"})
+
+
+async def test_an_unparsable_request_is_answered_without_banner_or_logged_bytes(
+    start_gateway: Callable[..., object], strict: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    secret = "Bearer sk-0123456789abcdef-do-not-log"
+    status, headers, _ = await _exchange(
+        gateway, f"POST /leads HTTP/1.1\r\nHost: gw\r\nBad Name: {secret}\r\n\r\n".encode()
+    )
+    assert status == 400
+    assert "aiohttp" not in headers.get("Server", "") and "Python" not in headers.get("Server", "")
+    logged = [r.getMessage() + str(r.exc_info) + str(r.exc_text) for r in caplog.records]
+    assert not any(secret in line or "do-not-log" in line for line in logged)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
