@@ -1,4 +1,4 @@
-"""``python -m bench {intake,relay,memory,all}``: run, print a summary table, save JSON.
+"""``python -m bench {intake,relay,memory,all,flood}``: run, print a summary table, save JSON.
 
 Progress goes to stderr, the table to stdout, the full results (every round) to
 ``bench/results/<time>-<command>.json``.
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import intake, memory, relay, report, summary
+from . import flood, intake, memory, relay, report, summary
 
 
 def _intake_args(parser: argparse.ArgumentParser) -> None:
@@ -41,12 +41,20 @@ def _memory_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch", type=int, default=10_000, help="leads per put_many")
 
 
+def _flood_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("flood")
+    group.add_argument("--flood-leads", type=int, default=150, help="real leads per phase")
+    group.add_argument("--flood-rate", type=float, default=10.0, help="real leads per second")
+    group.add_argument("--junk-connections", type=int, default=150)
+    group.add_argument("--loris", type=int, default=16, help="slow-loris connections")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"intake": [_intake_args], "relay": [_relay_args], "memory": [_memory_args],
-                "all": [_intake_args, _relay_args, _memory_args]}
+                "all": [_intake_args, _relay_args, _memory_args], "flood": [_flood_args]}
     for name, adders in commands.items():
         command = sub.add_parser(name)
         command.add_argument("--dir", type=Path, default=None,
@@ -67,6 +75,11 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if name == "relay":
         return relay.run(relay.RelayOptions(leads=args.leads, rounds=args.relay_rounds),
                          workdir / "relay")
+    if name == "flood":
+        return flood.run(flood.FloodOptions(
+            leads=args.flood_leads, rate=args.flood_rate, connections=args.junk_connections,
+            loris=args.loris,
+        ), workdir / "flood")
     return memory.run(memory.MemoryOptions(leads=args.memory_leads, batch=args.batch),
                       workdir / "memory")
 
@@ -87,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     results["seconds"] = timings
-    rows = summary.rows(results)
+    rows = summary.rows(results) + (flood.rows(results["flood"]) if "flood" in results else [])
     results["summary"] = [{**row.__dict__, "verdict": row.verdict} for row in rows]
     path = report.save(args.command, results)
     print(report.table(rows))

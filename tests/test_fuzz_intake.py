@@ -9,15 +9,22 @@ carry raw bytes in header values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import math
+import random
+import socket
+import string
 import sys
 import threading
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import pytest
@@ -29,7 +36,7 @@ from gateway.app import create_app
 from gateway.config import ClientRate, HostPort, Settings
 from gateway.leads import DATE_FORMAT
 
-from .support import TOKEN
+from .support import TOKEN, Process, spawn_gateway, spawn_sandbox
 
 PATHS = ("/leads", "/api/v1/leads")
 SHOP = "https://shop.example.ru"
@@ -321,3 +328,189 @@ def test_any_header_values(
 def test_the_fuzz_gateway_accepts_a_plain_lead(fuzz_gateway: GatewayThread) -> None:
     answer = post(fuzz_gateway, "/api/v1/leads", A_LEAD, "application/json")
     assert answer.status in (200, 202)
+
+
+# Hostile header sets against a spawned gateway process: whole header sets — any names, up to
+# the parser's limits (128 headers, 8190 bytes a field), odd bytes — on both endpoints, a few
+# thousand of them one after another. Never a 5xx; memory stays put; the gateway still answers.
+
+TCHAR = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
+KNOWN_NAMES = (
+    "Origin", "Referer", "User-Agent", "Authorization", "X-Forwarded-For", "Cookie", "Accept",
+    "Accept-Encoding", "Accept-Language", "Connection", "Expect", "Upgrade", "Range", "Via",
+    "Forwarded", "X-Real-IP", "If-None-Match", "TE", "Host", "Content-Type", "Max-Forwards",
+    "Content-Encoding",
+)
+OURS = frozenset({"content-length", "transfer-encoding"})  # the body's framing is the client's
+MAX_FIELD, MAX_HEADERS = 8190, 128  # gateway.listener.handler_args, aiohttp's default count
+HEADER_NAMES = (
+    st.sampled_from(KNOWN_NAMES) | st.text(TCHAR, min_size=1, max_size=40)
+    | st.binary(min_size=1, max_size=12).map(lambda raw: raw.decode("latin-1"))
+).filter(lambda name: name.lower() not in OURS)
+LENGTHS = st.integers(0, MAX_FIELD + 200) | st.integers(MAX_FIELD - 45, MAX_FIELD + 5)
+
+
+def _repeat(pattern: bytes, length: int) -> bytes:
+    return _legal((pattern * (length // len(pattern) + 1))[:length])
+
+
+LONG_VALUES = st.builds(_repeat, st.binary(min_size=1, max_size=8), LENGTHS)
+HEADER_VALUES = HEADER_BYTES | LONG_VALUES | st.binary(max_size=30)  # the last: raw, any byte
+MANY = st.tuples(HEADER_VALUES, st.integers(20, MAX_HEADERS + 10)).map(
+    lambda t: [(f"X-Many-{i}", t[0]) for i in range(t[1])]
+)
+HEADER_SETS = st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=12) | MANY
+
+
+def random_header_set(rng: random.Random) -> list[tuple[str, bytes]]:
+    """The same kinds of header sets as HEADER_SETS, by the thousand: hypothesis draws each
+    example in about a millisecond, a seeded generator in microseconds. Half the sets hold
+    only what HTTP allows, so that they reach the gateway rather than the parser's 400."""
+    odd = rng.random() < 0.5
+
+    def name() -> str:
+        if (kind := rng.random()) < 0.4:
+            return rng.choice(KNOWN_NAMES)
+        if kind < 0.8 or not odd:
+            return "".join(rng.choices(TCHAR, k=rng.randint(1, 40)))
+        return rng.randbytes(rng.randint(1, 12)).decode("latin-1")
+
+    def value(name: str) -> bytes:
+        pattern = rng.randbytes(rng.randint(1, 8))
+        if (kind := rng.random()) < 0.4:
+            return _legal(rng.randbytes(rng.randint(0, 60)))
+        if kind < 0.55:  # right at the limit of a field (its name and value together)
+            return _repeat(pattern, MAX_FIELD - len(name) + rng.randint(-2, 2))
+        if kind < 0.75 or not odd:
+            return _repeat(pattern, rng.randint(0, MAX_FIELD + 200))
+        return rng.randbytes(rng.randint(0, 30))
+
+    if rng.random() < 0.15:
+        shared = value("X-Many-100")
+        return [(f"X-Many-{i}", shared) for i in range(rng.randint(20, MAX_HEADERS + 10))]
+    names = [n for n in (name() for _ in range(rng.randint(0, 12))) if n.lower() not in OURS]
+    return [(n, value(n)) for n in names]
+
+
+_ILLEGAL_BYTES = frozenset(range(0x20)) - {9} | {0x7F}
+
+
+def _head(path: str, headers: list[tuple[str, bytes]], body: bytes) -> tuple[bytes, bool]:
+    """A raw request, and whether every header is one the HTTP parser must accept."""
+    names = [name.lower() for name, _ in headers]
+    defaults = [("Host", b"127.0.0.1"), ("Content-Type", b"application/json")]
+    if path.startswith("/api/"):
+        defaults.append(("Authorization", f"Bearer {TOKEN}".encode()))
+    headers = [*headers, *((n, v) for n, v in defaults if n.lower() not in names)]
+    legal = (
+        all(name and set(name) <= set(TCHAR) for name, _ in headers)
+        and not any(_ILLEGAL_BYTES.intersection(value) for _, value in headers)
+        and all(len(name) + len(value) <= MAX_FIELD for name, value in headers)
+        and len(headers) + 1 <= MAX_HEADERS
+        and len(set(names)) == len(names)  # a repeated Host, Content-Type … is refused
+    )
+    lines = [f"POST {path} HTTP/1.1".encode()]
+    lines += [name.encode("latin-1") + b": " + value for name, value in headers]
+    lines.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body, legal
+
+
+def _parse_answer(data: bytes) -> Answer | None:
+    while (end := data.find(b"\r\n\r\n")) >= 0:
+        head = data[:end].decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        rest = data[end + 4:]
+        if status < 200:  # 100 Continue, then the answer
+            data = rest
+            continue
+        length = int(fields.get("content-length", "0"))
+        if len(rest) < length:
+            return None
+        return Answer(status, fields.get("content-type", ""), rest[:length])
+    return None
+
+
+def exchange(address: tuple[str, int], request: bytes) -> Answer | None:
+    """One request on its own connection: the answer, or None if the gateway closed first."""
+    with socket.create_connection(address, timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)  # the parser may refuse a head and close before its end
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while (answer := _parse_answer(data)) is None and (chunk := sock.recv(65536)):
+                data += chunk
+            return answer
+        return _parse_answer(data)
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+
+@pytest.fixture
+def spawned(tmp_path: Path) -> Iterator[tuple[Process, tuple[str, int], str]]:
+    sandbox, sandbox_url = spawn_sandbox("0.0,0.01")
+    started = [sandbox]
+    try:
+        gateway, url, ops = spawn_gateway({
+            "CTGW_SITE_ID": "18990", "CTGW_CALLTOUCH_URL": sandbox_url,
+            "CTGW_QUEUE": f"sqlite:///{tmp_path / 'queue.db'}", "CTGW_API_TOKENS": TOKEN,
+            "CTGW_LISTEN": "127.0.0.1:0", "CTGW_OPS_LISTEN": "127.0.0.1:0",
+            "CTGW_HEADER_TIMEOUT": "2s", "CTGW_BODY_TIMEOUT": "2s",
+        })
+        started.append(gateway)
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        yield gateway, (parts.hostname, parts.port), ops
+    finally:
+        for proc in reversed(started):
+            proc.kill()
+
+
+RSS_GROWTH_KIB = 30 * 1024
+HYPOTHESIS_SETS, RANDOM_SETS = 500, 2500
+
+
+def _hostile(address: tuple[str, int], path: str, headers: list[tuple[str, bytes]]) -> int:
+    """Send one header set: never a 5xx; a set the parser must take gets the gateway's answer.
+    Returns the answer's status (0: none)."""
+    request, legal = _head(path, headers, A_LEAD)
+    answer = exchange(address, request)
+    if legal:
+        assert answer is not None and answer.status < 500, (answer, request[:300])
+        check(answer)
+    else:
+        assert answer is None or answer.status < 500, (answer, request[:300])
+    return 0 if answer is None else answer.status
+
+
+def test_hostile_header_sets_never_5xx_and_memory_stays_bounded(
+    spawned: tuple[Process, tuple[str, int], str], record_property: Any
+) -> None:
+    gateway, address, ops = spawned
+    big = [(f"X-Warm-{i}", b"w" * 8000) for i in range(100)]
+    for path in PATHS * 20:  # the allocator's pools, once, before the measure
+        assert exchange(address, _head(path, big, A_LEAD)[0]) is not None
+    before = _rss_kib(gateway.proc.pid)
+    seen: Counter[int] = Counter()
+
+    @settings(FUZZ, max_examples=HYPOTHESIS_SETS)
+    @given(path=st.sampled_from(PATHS), headers=HEADER_SETS)
+    def hostile(path: str, headers: list[tuple[str, bytes]]) -> None:
+        seen[_hostile(address, path, headers)] += 1
+
+    hostile()
+    rng = random.Random(5)  # the issue's number: the same sets every run
+    for n in range(RANDOM_SETS):
+        seen[_hostile(address, PATHS[n % 2], random_header_set(rng))] += 1
+    after = _rss_kib(gateway.proc.pid)
+    record_property("header_sets_by_status", dict(seen))
+    record_property("rss_growth_kib", after - before)
+    assert after - before < RSS_GROWTH_KIB, (before, after)
+    assert gateway.proc.poll() is None
+    answer = exchange(address, _head("/api/v1/leads", [], A_LEAD)[0])
+    assert answer is not None and answer.status in (200, 202), answer
+    with urllib.request.urlopen(f"{ops}/healthz", timeout=5) as resp:
+        assert resp.status == 200
