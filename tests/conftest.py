@@ -22,7 +22,7 @@ from gateway.logs import JsonFormatter
 from gateway.metrics import Metrics
 from gateway.sandbox import SandboxThread
 
-from .support import LOG_LINES, TOKEN, Gateway
+from .support import LOG_LINES, TOKEN, Gateway, Process
 
 
 class _Keep(logging.Handler):
@@ -41,6 +41,15 @@ def keep_logs() -> Iterator[None]:
     yield
     root.removeHandler(handler)
     root.setLevel(old_level)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Child processes a test starts; killed at its end, whatever happened."""
+    started: list[Process] = []
+    yield started
+    for proc in started:
+        proc.kill()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,14 +14,6 @@ import pytest
 from gateway.queue import State, open_queue
 
 from .support import Process, eventually, lead, sandbox_requests, spawn_gateway, spawn_sandbox
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def gateway_env(tmp_path: Path, sandbox_url: str) -> dict[str, str]:

@@ -45,14 +45,6 @@ MAX_CONNECTIONS, READ_TIMEOUT = 256, 2.0
 RSS_GROWTH_MIB = 50
 
 
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in started:
-        proc.kill()
-
-
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):

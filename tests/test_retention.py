@@ -258,14 +258,6 @@ def sandbox_url() -> Iterator[str]:
     proc.kill()
 
 
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in started:
-        proc.kill()
-
-
 async def test_a_running_gateway_purges_delivered_leads_from_its_file(
     tmp_path: Path, sandbox_url: str, processes: list[Process], http: aiohttp.ClientSession
 ) -> None:
