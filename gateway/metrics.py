@@ -11,6 +11,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .bots import SIGNALS
 
 CHANNELS = ("browser", "api")
 RECEIVED_OUTCOMES = ("accepted", "duplicate", "invalid", "rejected", "spam", "throttled")
@@ -20,7 +21,7 @@ UPSTREAM_OUTCOMES = (
 )
 DEAD_REASONS = ("client_error", "invalid_answer", "expired")
 RETENTION_STATES = ("delivered", "dead")
-BOT_SIGNALS = ("honeypot", "fast", "origin", "agent")  # the last three: gateway.bots.SIGNALS
+BOT_SIGNALS = ("honeypot", *SIGNALS)
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _UPSTREAM = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0)
