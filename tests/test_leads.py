@@ -121,6 +121,9 @@ def test_numbers_become_strings() -> None:
     "http://localhost:8080/",
     "HTTPS://SHOP.EXAMPLE.RU",
     "http://[::1]/x",
+    "http://[::1]:8080",
+    "https://user:pw@shop.example.ru:8443/a?b#c",
+    "http://shop.example.ru?utm=1",
 ])
 def test_good_request_url(url: str) -> None:
     assert ok({**CONTACT, "requestUrl": url})["requestUrl"] == url
@@ -134,6 +137,12 @@ def test_good_request_url(url: str) -> None:
     "shop.example.ru",
     "https://",
     "http://[::1",
+    "http://[::1]x/",
+    "http://a]b/",
+    "http://user@/x",
+    "http://:80/",
+    "http://shop example.ru/",
+    "https:/shop.example.ru/",
     "https://" + "a" * 2048,
 ])
 def test_bad_request_url(url: str) -> None:
