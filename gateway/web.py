@@ -89,6 +89,6 @@ def _route(request: web.Request) -> str:
 
 def _count(request: web.Request, status: int, started: float) -> None:
     method = request.method if request.method in _METHODS else "OTHER"
-    request.app[METRICS].observe_http(
+    request.app[METRICS].http.observe(
         _route(request), method, status, time.perf_counter() - started
     )
