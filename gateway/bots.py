@@ -13,8 +13,9 @@ checked. The signals:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from .config import Settings
 
@@ -30,6 +31,18 @@ class Score:
 
 
 CLEAN = Score(0, (), False)
+
+# Scheme and authority of an Origin or Referer; on every lead, so not urlsplit() (5 us).
+_SITE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*)://([^/?#]+)")
+
+
+def names_site(url: str | None, host: str, allowed_origins: Collection[str]) -> bool:
+    """Does an ``Origin`` or ``Referer`` name this site: its ``Host``, or an allowed origin?"""
+    match = _SITE.match(url) if url else None
+    if match is None:  # absent, "null", "about:blank", a bare path
+        return False
+    netloc = match[2].lower()
+    return netloc == host.lower() or f"{match[1].lower()}://{netloc}" in allowed_origins
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +71,8 @@ class BotScorer:
         fast, by_origin, by_agent = self.weights
         fired = (
             fast > 0 and elapsed_ms is not None and elapsed_ms < self.min_elapsed_ms,
-            by_origin > 0 and not self._names_site(origin, host)
-            and not self._names_site(referer, host),
+            by_origin > 0 and not names_site(origin, host, self.allowed_origins)
+            and not names_site(referer, host, self.allowed_origins),
             by_agent > 0 and self._bot_agent(agent),
         )
         if not any(fired):
@@ -67,18 +80,6 @@ class BotScorer:
         points = sum(w for w, hit in zip(self.weights, fired, strict=True) if hit)
         signals = tuple(name for name, hit in zip(SIGNALS, fired, strict=True) if hit)
         return Score(points, signals, points >= self.threshold)
-
-    def _names_site(self, url: str | None, host: str) -> bool:
-        if not url:
-            return False
-        try:
-            parts = urlsplit(url)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
-            return False
-        netloc = parts.netloc.lower()
-        if not netloc:  # "null", "about:blank", a bare path
-            return False
-        return netloc == host.lower() or f"{parts.scheme}://{netloc}" in self.allowed_origins
 
     def _bot_agent(self, agent: str | None) -> bool:
         if agent is None or not agent.strip():

@@ -15,14 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
 from . import bodies, leads
-from .bots import BotScorer
+from .bots import BotScorer, names_site
 from .clients import ClientLimiter, client_ip
 from .config import Settings
 from .errors import BadRequest, GatewayError, InvalidLead, Throttled
@@ -98,7 +97,9 @@ class Intake:
         origin = request.headers.get("Origin")
         # A same-origin POST from a page with "Referrer-Policy: no-referrer" carries
         # "Origin: null"; it says nothing of a foreign site, so it is scored, not refused.
-        if origin not in (None, "null") and not self._origin_ok(origin, request.host):
+        if origin not in (None, "null") and not names_site(
+            origin, request.host, self.settings.allowed_origins
+        ):
             raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
         peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"),
                          self.settings.trusted_proxies)
@@ -113,13 +114,6 @@ class Intake:
     async def _api(self, request: web.Request) -> Answer:
         self._authorise(request)
         return await self._accept(request, "api")
-
-    def _origin_ok(self, origin: str, host: str) -> bool:
-        try:
-            same = urlsplit(origin).netloc.lower() == host.lower()
-        except ValueError:
-            same = False
-        return same or origin.rstrip("/") in self.settings.allowed_origins
 
     def _authorise(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -29,7 +29,7 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
-_SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
+_CONTENT_TYPE_OPTIONS = "X-Content-Type-Options"
 
 
 def error_body(error: str, errors: list[dict[str, str | None]]) -> bytes:
@@ -47,39 +47,45 @@ def _from_http(exc: web.HTTPException) -> web.Response:
 
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors become JSON here, and every answer is counted; one layer, on the hot path."""
+    """Errors become JSON here, and every answer is counted: one layer, on the hot path.
+
+    Every error answer has one shape: ``{"error": code, "errors": [{field, code, message}]}``.
+    """
     started = time.perf_counter()
     try:
-        response = await _answer(request, handler)
+        response = await handler(request)
+    except GatewayError as exc:
+        response = _from_gateway(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:  # a redirect passes through as it is
+            _count(request, exc.status, started)
+            raise
+        response = _from_http(exc)
+    except Exception:
+        log.exception("unhandled error route=%s", _route(request))
+        response = _internal_error()
     except BaseException:
-        _count(request, 500, started)  # cancelled, or an HTTP redirect passing through
+        _count(request, 500, started)  # cancelled: the client went away
         raise
-    response.headers.update(_SECURITY_HEADERS)
+    response.headers[_CONTENT_TYPE_OPTIONS] = "nosniff"
     _count(request, response.status, started)
     return response
 
 
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error answer has one shape: ``{"error": code, "errors": [{field, code, message}]}``."""
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        body = error_body(exc.error, [e.as_dict() for e in exc.errors])
-        response = web.Response(
-            status=exc.status, body=body, headers=exc.headers, content_type="application/json"
-        )
-        if exc.close_connection:
-            response.force_close()
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _from_http(exc)
-    except Exception:
-        log.exception("unhandled error route=%s", _route(request))
-        body = error_body("internal", [{"field": None, "code": "internal",
-                                        "message": "internal error; the lead was not taken"}])
-        return web.Response(status=500, body=body, content_type="application/json")
+def _from_gateway(exc: GatewayError) -> web.Response:
+    body = error_body(exc.error, [e.as_dict() for e in exc.errors])
+    response = web.Response(
+        status=exc.status, body=body, headers=exc.headers, content_type="application/json"
+    )
+    if exc.close_connection:
+        response.force_close()
+    return response
+
+
+def _internal_error() -> web.Response:
+    body = error_body("internal", [{"field": None, "code": "internal",
+                                    "message": "internal error; the lead was not taken"}])
+    return web.Response(status=500, body=body, content_type="application/json")
 
 
 def _route(request: web.Request) -> str:
