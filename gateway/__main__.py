@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -22,6 +23,10 @@ from .sandbox import SandboxThread
 from .web import METRICS
 
 log = logging.getLogger("gateway")
+
+# A lead allocates a few hundred objects, nearly all freed by reference counting; at the default
+# of 700 the young generation was collected every ~70 leads, 3 % of intake CPU at full load.
+_GC_YOUNG = 20_000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +52,8 @@ async def _serve(settings: Settings) -> None:
     runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=5)
     await runner.setup()
     await listen(runner, settings, runner.app[METRICS])
+    gc.freeze()  # what start-up built lives as long as the process: no collection walks it
+    gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
     ops = runner.app[OPS_RUNNER]
     log.info("listening public=%s ops=%s", _address(runner), _address(ops))
     stop = asyncio.Event()
