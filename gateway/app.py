@@ -24,7 +24,7 @@ from .pacing import Pacer
 from .queue import PENDING, GroupCommit, Queue, State, open_queue
 from .relay import LeadSender, Relay
 from .retention import Retention
-from .web import METRICS, edge_middleware
+from .web import METRICS, edge, unmatched
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,10 @@ def create_app(
     """The public app; ``upstream_traces`` are extra aiohttp traces on the Calltouch session."""
     app = web.Application(
         client_max_size=settings.max_body,
-        middlewares=[edge_middleware],
         handler_args=listener.handler_args(settings),
     )
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics = metrics or Metrics()
     app[TRACES] = tuple(upstream_traces)
     app.cleanup_ctx.extend(
         [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
@@ -70,7 +69,12 @@ def create_app(
     expect = listener.expect_handler(settings.max_body)
     for method, path, handler in routes:
         for verb in ("HEAD", "GET") if method == "GET" else (method,):  # as add_get does
-            app.router.add_route(verb, path, handler, expect_handler=expect)
+            app.router.add_route(
+                verb, path, edge(path, handler, metrics.http), expect_handler=expect
+            )
+    # Last, so every route above is tried first: what none of them takes gets a JSON answer.
+    app.router.add_route("*", "/{path:.*}", edge("unmatched", unmatched, metrics.http),
+                         expect_handler=expect)
     return app
 
 

@@ -343,6 +343,8 @@ async def test_other_routes_and_methods_answer_the_error_shape(
         assert resp.status == status
         assert resp.content_type == "application/json"
         assert_error(await resp.json(), "method_not_allowed" if status == 405 else "not_found")
+        assert ("Allow" in resp.headers) == (status == 405)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_request_date_is_the_acceptance_time_in_the_configured_zone(
