@@ -43,7 +43,7 @@ class _Bad(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see gateway.queue.base.Put
 class Lead:
     """A valid, normalised lead; ``fields`` holds only what is set, in Calltouch's names."""
 

@@ -40,7 +40,9 @@ class Job:
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, five times the
+# cost, and these are made for every lead. Nothing changes them after construction.
+@dataclass(slots=True)
 class Put:
     """What to enqueue; ``dedup_key`` makes a repeat return the first job."""
 
@@ -49,7 +51,7 @@ class Put:
     dedup_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Status:
     """A job as the status API and the CLI show it: no payload, so no personal data."""
 
@@ -80,7 +82,7 @@ class Status:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PutResult:
     status: Status
     created: bool
