@@ -55,7 +55,6 @@ def create_app(
         [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
     )
     app.on_shutdown.append(_start_draining)
-    app.on_response_prepare.append(_hide_server)
     served = snippet.Snippet.load(settings.mod_id, cross_origin=bool(settings.allowed_origins))
     routes = [
         ("POST", "/leads", _browser),
@@ -76,10 +75,6 @@ def create_app(
     app.router.add_route("*", "/{path:.*}", edge("unmatched", unmatched, metrics.http),
                          expect_handler=expect)
     return app
-
-
-async def _hide_server(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.popall("Server", None)  # no version banner for scanners
 
 
 async def _browser(request: web.Request) -> web.Response:

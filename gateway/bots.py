@@ -65,13 +65,18 @@ class BotScorer:
 
     def score(
         self, elapsed_ms: int | None, origin: str | None, referer: str | None,
-        agent: str | None, host: str,
+        agent: str | None, host: str, *, origin_named: bool | None = None,
     ) -> Score:
-        """Score one request: ``host`` is its ``Host``; headers it lacks are ``None``."""
+        """Score one request: ``host`` is its ``Host``; headers it lacks are ``None``.
+
+        ``origin_named`` is :func:`names_site` of ``origin``, when the caller has it already.
+        """
         fast, by_origin, by_agent = self.weights
+        if origin_named is None:
+            origin_named = names_site(origin, host, self.allowed_origins)
         fired = (
             fast > 0 and elapsed_ms is not None and elapsed_ms < self.min_elapsed_ms,
-            by_origin > 0 and not names_site(origin, host, self.allowed_origins)
+            by_origin > 0 and not origin_named
             and not names_site(referer, host, self.allowed_origins),
             by_agent > 0 and self._bot_agent(agent),
         )

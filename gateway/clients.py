@@ -65,15 +65,16 @@ class ClientLimiter:
         """Take a token: 0.0 when allowed, else the seconds until the next one."""
         now = self._clock()
         bucket = self._buckets.pop(client, None)  # re-inserted below: dicts keep order, an LRU
-        tokens = float(self._rate.burst)
-        if bucket is not None:
-            tokens = min(tokens, bucket.tokens + (now - bucket.at) * self._rate.per_second)
+        if bucket is None:
+            bucket = _Bucket(float(self._rate.burst), now)
+        tokens = min(self._rate.burst, bucket.tokens + (now - bucket.at) * self._rate.per_second)
         wait = 0.0
         if tokens >= 1.0:
             tokens -= 1.0
         else:
             wait = (1.0 - tokens) / self._rate.per_second
-        self._buckets[client] = _Bucket(tokens, now)
+        bucket.tokens, bucket.at = tokens, now
+        self._buckets[client] = bucket
         while len(self._buckets) > self._max:
             del self._buckets[next(iter(self._buckets))]
         return wait

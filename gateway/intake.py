@@ -95,17 +95,16 @@ class Intake:
 
     async def _browser(self, request: web.Request) -> Answer:
         origin = request.headers.get("Origin")
+        named = names_site(origin, request.host, self.settings.allowed_origins)
         # A same-origin POST from a page with "Referrer-Policy: no-referrer" carries
         # "Origin: null"; it says nothing of a foreign site, so it is scored, not refused.
-        if origin not in (None, "null") and not names_site(
-            origin, request.host, self.settings.allowed_origins
-        ):
+        if not named and origin not in (None, "null"):
             raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
         peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"),
                          self.settings.trusted_proxies)
         if wait := self.limiter.take(peer):
             raise Throttled(wait)
-        response, outcome = await self._accept(request, "browser")
+        response, outcome = await self._accept(request, "browser", named)
         if origin is not None and origin in self.settings.allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
@@ -124,7 +123,9 @@ class Intake:
         if scheme.lower() != "bearer" or not any(matches):
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="ct-gateway"'})
 
-    async def _accept(self, request: web.Request, channel: leads.Channel) -> Answer:
+    async def _accept(
+        self, request: web.Request, channel: leads.Channel, origin_named: bool = False
+    ) -> Answer:
         if self.draining:
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
         if (request.content_length or 0) > self.settings.max_body:
@@ -132,7 +133,7 @@ class Intake:
         body = await read_body(request, self.settings.body_timeout)
         data = bodies.decode(bodies.media_type(request.headers.get("Content-Type", "")), body)
         lead = leads.validate(data, channel)
-        if self._is_bot(request, lead, channel):
+        if self._is_bot(request, lead, channel, origin_named):
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
             return self._answer(new_id(), "queued", 202, "spam")
         given_number = lead.request_number
@@ -147,7 +148,9 @@ class Intake:
         self.on_queued(LEAD_KIND)
         return self._answer(result.status.id, "queued", 202, "accepted")
 
-    def _is_bot(self, request: web.Request, lead: leads.Lead, channel: leads.Channel) -> bool:
+    def _is_bot(
+        self, request: web.Request, lead: leads.Lead, channel: leads.Channel, origin_named: bool
+    ) -> bool:
         if lead.honeypot:
             self._signals["honeypot"].inc()
             log.debug("bot lead not queued signals=honeypot")
@@ -156,7 +159,8 @@ class Intake:
             return False  # a token holder's server: the browser's signals do not apply
         headers = request.headers
         score = self._bots.score(lead.elapsed, headers.get("Origin"), headers.get("Referer"),
-                                 headers.get("User-Agent"), request.host)
+                                 headers.get("User-Agent"), request.host,
+                                 origin_named=origin_named)
         # Counted below the threshold too: how often each fires on real leads guides the weights.
         for signal in score.signals:
             self._signals[signal].inc()

@@ -35,8 +35,8 @@ _TURN_AWAY = (
 
 _protocol_log = logging.getLogger("gateway.http")
 _protocol_log.addFilter(ClientErrors())
-# aiohttp answers a request it cannot parse itself, before any of our code or signals run, with
-# this as the ``Server`` header; it must not tell scanners the versions (ours drop the header).
+# Every answer's ``Server`` header, also of those aiohttp gives a request it cannot parse before
+# any of our code runs: no versions for scanners.
 web_response.SERVER_SOFTWARE = "ct-gateway"  # type: ignore[attr-defined]
 
 
