@@ -6,6 +6,7 @@ Labels carry only bounded, non-personal values: channels, outcomes, codes, route
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import (
@@ -44,10 +45,11 @@ class Metrics:
         Info("ctgw_build", "Version of the running gateway.", registry=r).info(
             {"version": __version__}
         )
-        self.received = Counter(
+        self.received = LoopCounter(
             "ctgw_leads_received", "Leads posted to the gateway, by channel and outcome.",
-            ["channel", "outcome"], registry=r,
+            ("channel", "outcome"), seed=[(c, o) for c in CHANNELS for o in RECEIVED_OUTCOMES],
         )
+        r.register(self.received)
         self.validation_errors = Counter(
             "ctgw_validation_errors", "Field errors in rejected leads, by code.",
             ["code"], registry=r,
@@ -101,23 +103,13 @@ class Metrics:
         )
         self.queue = QueueCollector()
         r.register(self.queue)
-        self._received_children: dict[tuple[str, str], Counter] = {}
         self._zero()
 
     def count_received(self, channel: str, outcome: str) -> None:
-        """Count a posted lead; ``labels()`` validates and locks, so children are cached."""
-        child = self._received_children.get((channel, outcome))
-        if child is None:
-            child = self._received_children[channel, outcome] = self.received.labels(
-                channel, outcome
-            )
-        child.inc()
+        self.received.inc(channel, outcome)
 
     def _zero(self) -> None:
         # Series that exist from the start let increase() see the first event.
-        for channel in CHANNELS:
-            for outcome in RECEIVED_OUTCOMES:
-                self.received.labels(channel, outcome)
         for outcome in UPSTREAM_OUTCOMES:
             self.upstream.labels("register", outcome)
         for reason in DEAD_REASONS:
@@ -147,22 +139,42 @@ class QueueCollector(Collector):
         return [jobs, oldest]
 
 
-class RequestStats(Collector):
-    """``ctgw_http_requests_total`` and ``ctgw_http_request_duration_seconds``, kept in plain ints.
+class LoopCounter(Collector):
+    """A labelled counter in plain ints, for what the event loop counts on every request.
 
-    Updated on every public request, from the event loop only: prometheus_client's own
-    children take a lock and check their state on each update, which measured a few per cent
-    of a lead's CPU at full load. A scrape reads copies, made whole under the GIL.
+    prometheus_client's children take a lock and check their state on each update: at full
+    load that measured a few per cent of a lead's CPU. Only the loop updates these; a scrape
+    reads a copy, made whole under the GIL.
     """
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str],
+        seed: Iterable[tuple[object, ...]] = (),
+    ) -> None:
+        self._name, self._documentation, self._labels = name, documentation, list(labels)
+        self._counts: dict[tuple[object, ...], int] = dict.fromkeys(seed, 0)
+
+    def inc(self, *labels: object) -> None:
+        self._counts[labels] = self._counts.get(labels, 0) + 1
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, count in list(self._counts.items()):
+            family.add_metric([str(label) for label in labels], count)
+        return [family]
+
+
+class RequestStats(Collector):
+    """``ctgw_http_requests_total`` and ``ctgw_http_request_duration_seconds``, as a LoopCounter."""
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self._bounds = buckets
-        self._requests: dict[tuple[str, str, int], int] = {}
+        self._requests = LoopCounter("ctgw_http_requests", "Requests to the public listener.",
+                                     ("route", "method", "status"))
         self._seconds: dict[str, list[float]] = {}  # per route: a count per bucket, +Inf, sum
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        self._requests[key] = self._requests.get(key, 0) + 1
+        self._requests.inc(route, method, status)
         counts = self._seconds.get(route)
         if counts is None:
             counts = self._seconds[route] = [0.0] * (len(self._bounds) + 2)
@@ -170,12 +182,6 @@ class RequestStats(Collector):
         counts[-1] += seconds
 
     def collect(self) -> list[Metric]:
-        requests = CounterMetricFamily(
-            "ctgw_http_requests", "Requests to the public listener.",
-            labels=["route", "method", "status"],
-        )
-        for (route, method, status), count in list(self._requests.items()):
-            requests.add_metric([route, method, str(status)], count)
         seconds = HistogramMetricFamily(
             "ctgw_http_request_duration_seconds", "Public listener answer time.",
             labels=["route"],
@@ -188,4 +194,4 @@ class RequestStats(Collector):
                 cumulative += in_bucket
                 buckets.append((bound, cumulative))
             seconds.add_metric([route], buckets, sum_value=snapshot[-1])
-        return [requests, seconds]
+        return [*self._requests.collect(), seconds]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from ..ids import new_id
+from ..ids import new_ids
 from .base import PENDING, Job, Purged, Put, PutResult, QueueError, State, Stats, Status
 
 T = TypeVar("T")
@@ -199,7 +199,7 @@ class SQLiteQueue:
         """
         if not items:
             return []
-        ids = [new_id() for _ in items]
+        ids = new_ids(len(items))
         return await self._write(lambda: self._insert(ids, items, now))
 
     def _insert(self, ids: list[str], items: Sequence[Put], now: float) -> list[PutResult]:
