@@ -35,13 +35,14 @@ class GroupCommit:
             if not future.done():
                 future.set_exception(ConnectionError("queue closed"))
 
-    async def put(self, item: Put) -> PutResult:
+    def put(self, item: Put) -> asyncio.Future[PutResult]:
+        """The item's result once its batch is committed (a future: no coroutine to resume)."""
         if self._task is None or self._task.done():
             raise ConnectionError("queue writer is not running")
         future: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._wakeup.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         while True:
