@@ -52,8 +52,7 @@ async def _serve(settings: Settings) -> None:
     runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=5)
     await runner.setup()
     await listen(runner, settings, runner.app[METRICS])
-    gc.freeze()  # what start-up built lives as long as the process: no collection walks it
-    gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
+    tune_gc()
     ops = runner.app[OPS_RUNNER]
     log.info("listening public=%s ops=%s", _address(runner), _address(ops))
     stop = asyncio.Event()
@@ -63,6 +62,11 @@ async def _serve(settings: Settings) -> None:
     log.info("stopping: readiness off, intake closed, finishing in-flight sends")
     await runner.cleanup()
     log.info("stopped")
+
+
+def tune_gc() -> None:
+    gc.freeze()  # what start-up built lives as long as the process: no collection walks it
+    gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
 
 
 def _address(runner: web.AppRunner) -> str:
