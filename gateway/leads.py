@@ -32,7 +32,7 @@ _HTTP_URL = re.compile(
     r"(?:[/?#]|\Z)"
 )
 _PHONE_MARKS = b" ()+-."
-PHONE_MESSAGE = "must be a Russian phone number: 11 digits starting 7 or 8"
+_PHONE_MESSAGE = "must be a Russian phone number: 11 digits starting 7 or 8"
 _NOT_DIGIT = re.compile(r"[^0-9]")
 _NOT_PHONE = re.compile(r"[^0-9\s()+\-.]")
 
@@ -91,14 +91,14 @@ def normalise_phone(value: object) -> str:
     else:
         raw = _name(value)
         if _NOT_PHONE.search(raw):
-            raise _Bad("invalid_phone", PHONE_MESSAGE)
+            raise _Bad("invalid_phone", _PHONE_MESSAGE)
         digits = _NOT_DIGIT.sub("", raw)
     if len(digits) == 11 and digits[0] == "8":
         digits = "7" + digits[1:]
     elif len(digits) == 10:
         digits = "7" + digits
     if len(digits) != 11 or digits[0] != "7":
-        raise _Bad("invalid_phone", PHONE_MESSAGE)
+        raise _Bad("invalid_phone", _PHONE_MESSAGE)
     return digits
 
 
@@ -195,7 +195,7 @@ _SIZED = (str, list, dict)  # a tuple: ``str | list | dict`` would build a union
 
 
 def _is_empty(value: object) -> bool:
-    return value is None or (isinstance(value, _SIZED) and not value)
+    return not value and (value is None or isinstance(value, _SIZED))  # the common case: truthy
 
 
 def validate(data: Mapping[str, object], channel: Channel) -> Lead:
@@ -218,7 +218,7 @@ def validate(data: Mapping[str, object], channel: Channel) -> Lead:
 def _fields(
     data: Mapping[str, object], channel: Channel
 ) -> tuple[dict[str, object], list[FieldError]]:
-    # Runs for every field of every lead: one dict look-up decides, no helper calls.
+    # Runs for every field of every lead: one dict look-up decides what applies.
     fields: dict[str, object] = {}
     errors: list[FieldError] = []
     forbidden = _BROWSER_FORBIDDEN if channel == "browser" else frozenset()
@@ -228,7 +228,7 @@ def _fields(
             if name not in _SIGNAL_FIELDS:
                 errors.append(FieldError(name[:64], "unknown_field", "is not a lead field"))
             continue
-        if not value and (value is None or isinstance(value, _SIZED)):  # _is_empty, inlined
+        if _is_empty(value):
             continue
         if name in forbidden:
             errors.append(FieldError(name, "not_allowed", "may only be set by server-side callers"))

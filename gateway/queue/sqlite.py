@@ -146,7 +146,6 @@ class SQLiteQueue:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-w")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-r")
         self._w: sqlite3.Connection | None = None
-        self._wlock = asyncio.Lock()
         self._r: sqlite3.Connection | None = None
         # Purged payloads may still sit in the WAL until a truncating checkpoint succeeds; true
         # at open too, since an earlier process may have purged and stopped before its own.
@@ -164,10 +163,7 @@ class SQLiteQueue:
         self._w.executescript(_SCHEMA)
 
     async def _write(self, fn: Callable[[], T]) -> T:
-        async with self._wlock:
-            return await self._on_writer(fn)
-
-    async def _on_writer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writer thread: one worker, so writes never interleave."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
         except sqlite3.Error as exc:
