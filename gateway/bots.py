@@ -72,11 +72,9 @@ class BotScorer:
         ``origin_named`` is :func:`names_site` of ``origin``, when the caller has it already.
         """
         fast, by_origin, by_agent = self.weights
-        if origin_named is None:
-            origin_named = names_site(origin, host, self.allowed_origins)
         fired = (
             fast > 0 and elapsed_ms is not None and elapsed_ms < self.min_elapsed_ms,
-            by_origin > 0 and not origin_named
+            by_origin > 0 and not self._names(origin, origin_named, host)
             and not names_site(referer, host, self.allowed_origins),
             by_agent > 0 and self._bot_agent(agent),
         )
@@ -85,6 +83,9 @@ class BotScorer:
         points = sum(w for w, hit in zip(self.weights, fired, strict=True) if hit)
         signals = tuple(name for name, hit in zip(SIGNALS, fired, strict=True) if hit)
         return Score(points, signals, points >= self.threshold)
+
+    def _names(self, origin: str | None, known: bool | None, host: str) -> bool:
+        return names_site(origin, host, self.allowed_origins) if known is None else known
 
     def _bot_agent(self, agent: str | None) -> bool:
         if agent is None or not agent.strip():
