@@ -132,16 +132,25 @@ class Relay:
             started = time.monotonic()
             slot = await self._pacer.acquire()
             self._metrics.pacer_wait.observe(time.monotonic() - started)
+            lease = asyncio.ensure_future(self._queue.lease(
+                sender.kind, sender.batch, self._clock(), self._lease_timeout
+            ))
             try:
-                jobs = await self._queue.lease(
-                    sender.kind, sender.batch, self._clock(), self._lease_timeout
-                )
+                # Shielded: a store may commit a lease it can no longer report, so a stop
+                # lets it finish and gives its jobs back rather than leave them leased.
+                jobs = await asyncio.shield(lease)
             except BaseException:
                 slot.mark_sent(time.monotonic())  # an unused slot must not block the window
+                await self._give_back(lease)  # nothing, when the lease itself failed
                 raise
             if jobs:
                 return jobs, slot
             slot.mark_sent(time.monotonic())  # another worker took them: an unused slot
+
+    async def _give_back(self, lease: asyncio.Future[list[Job]]) -> None:
+        with contextlib.suppress(Exception):
+            for job in await lease:
+                await self._queue.release(job)
 
     async def _wait_for_work(self, kind: str) -> None:
         wakeup = self._wakeups[kind]

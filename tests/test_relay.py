@@ -7,14 +7,21 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.calltouch import Outcome
 from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.pacing import Pacer, Slot
+from gateway.queue import Job, Put, State
+from gateway.queue.sqlite import SQLiteQueue
+from gateway.relay import Relay
 
 from .support import (
     TOKEN,
@@ -240,3 +247,39 @@ async def test_queue_stats_cli(
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     assert {line.split()[0] for line in done.stdout.splitlines()} >= {"ready", "dead", "oldest"}
+
+
+async def test_a_stop_during_a_lease_gives_the_leased_jobs_back(tmp_path: Path) -> None:
+    """The store commits a lease before the relay hears of it; a stop then must not strand it."""
+    queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    await queue.put_many([Put("lead", b"{}", f"k{i}") for i in range(3)], time.time())
+    leased, answer = asyncio.Event(), asyncio.Event()
+    real_lease = queue.lease
+
+    async def slow_answer(*args: Any) -> list[Job]:
+        jobs = await real_lease(*args)  # committed: leased in the store from here on
+        leased.set()
+        await answer.wait()
+        return jobs
+
+    queue.lease = slow_answer  # type: ignore[method-assign]
+    relay = Relay(queue, Pacer(5.0), [_NeverSends()], Metrics(), concurrency=1)
+    relay.start()
+    await asyncio.wait_for(leased.wait(), timeout=5)
+    stopping = asyncio.create_task(relay.stop(grace=1.0))
+    for _ in range(3):  # let stop() cancel the dispatcher before the store answers
+        await asyncio.sleep(0)
+    answer.set()
+    await asyncio.wait_for(stopping, timeout=5)
+    try:
+        assert (await queue.stats()).counts[State.LEASED] == 0
+        assert (await queue.stats()).counts[State.READY] == 3
+    finally:
+        await queue.close()
+
+
+class _NeverSends:
+    kind, method, batch = "lead", "register", 1
+
+    async def send(self, jobs: Sequence[Job], slot: Slot) -> Outcome:
+        raise AssertionError("a stopped relay sent a job")
