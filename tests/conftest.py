@@ -79,8 +79,12 @@ def settings(tmp_path: Path, sandbox: SandboxThread) -> Settings:
 
 
 @pytest.fixture
-async def start_gateway() -> AsyncIterator[object]:
-    """A factory: ``await start_gateway(settings)`` runs a gateway in this event loop."""
+async def start_gateway(sandbox: SandboxThread) -> AsyncIterator[object]:
+    """A factory: ``await start_gateway(settings)`` runs a gateway in this event loop.
+
+    It asks for the sandbox so that pytest stops the gateways first: a relay still sending
+    while the sandbox's loop closes leaves a half-accepted socket behind and can hold the
+    sandbox's cleanup until its shutdown timeout."""
     runners: list[web.AppRunner] = []
 
     async def start(settings: Settings, traces: Sequence[aiohttp.TraceConfig] = ()) -> Gateway:
