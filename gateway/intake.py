@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from . import bodies, leads
-from .bots import BotScorer, names_site
+from .bots import BotScorer, origin_names_site
 from .clients import ClientLimiter, client_ip
 from .config import Settings
 from .errors import BadRequest, GatewayError, InvalidLead, Throttled
@@ -97,7 +97,7 @@ class Intake:
 
     async def _browser(self, request: web.Request) -> Answer:
         origin = request.headers.get("Origin")
-        named = names_site(origin, request.host, self.settings.allowed_origins)
+        named = origin_names_site(origin, request.host, self.settings.allowed_origins)
         # A same-origin POST from a page with "Referrer-Policy: no-referrer" carries
         # "Origin: null"; it says nothing of a foreign site, so it is scored, not refused.
         if not named and origin not in (None, "null"):

@@ -27,9 +27,11 @@ _LINE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Scheme and authority only (urlsplit() would do more, and cost 5 us a lead: its cache of 128
 # misses, as every page's URL differs): [user@]host[:port], the host non-empty, brackets only
 # around a whole (IPv6) host.
+# Possessive runs: a userinfo part is matched up to its last "@" without the backtracking that
+# an optional greedy one costs on every URL that has none.
 _HTTP_URL = re.compile(
-    r"(?i:https?)://(?:[^/?#\s]*@)?(?:\[[^\[\]/?#\s@]+\]|[^\[\]/?#\s@:]+)(?::[^/?#\s\[\]@]*)?"
-    r"(?:[/?#]|\Z)"
+    r"(?i:https?)://(?:[^/?#\s@]*+@)*+(?:\[[^\[\]/?#\s@]++\]|[^\[\]/?#\s@:]++)"
+    r"(?::[^/?#\s\[\]@]*+)?(?:[/?#]|\Z)"
 )
 _PHONE_MARKS = b" ()+-."
 _PHONE_MESSAGE = "must be a Russian phone number: 11 digits starting 7 or 8"
@@ -202,7 +204,7 @@ def validate(data: Mapping[str, object], channel: Channel) -> Lead:
     """Normalise a decoded body into a :class:`Lead` or raise :class:`InvalidLead`."""
     fields, errors = _fields(data, channel)
     elapsed = None
-    if not _is_empty(raw := data.get("_elapsed")):
+    if (raw := data.get("_elapsed")) or not _is_empty(raw):
         try:
             elapsed = normalise_elapsed(raw)
         except _Bad as bad:
@@ -228,7 +230,7 @@ def _fields(
             if name not in _SIGNAL_FIELDS:
                 errors.append(FieldError(name[:64], "unknown_field", "is not a lead field"))
             continue
-        if _is_empty(value):
+        if not value and _is_empty(value):  # the call only for the rare falsy value
             continue
         if name in forbidden:
             errors.append(FieldError(name, "not_allowed", "may only be set by server-side callers"))

@@ -126,3 +126,13 @@ def test_any_request_gets_a_consistent_score(
     assert result.points == sum(by_name[s] for s in result.signals)
     assert all(by_name[s] > 0 for s in result.signals)  # a signal with weight 0 never fires
     assert result.bot is (bool(result.signals) and result.points >= threshold)
+
+
+@pytest.mark.parametrize("pad", [0, 600])  # under and over the length that is remembered
+def test_remembered_verdicts_are_the_verdicts(pad: int) -> None:
+    agent, origin = CHROME + " " * pad + " curl/8.5.0", SITE + "/" * pad
+    for _ in range(2):  # the second time from memory, when short enough
+        assert score(agent=agent).signals == ("agent",)
+        assert score(agent=agent, settings=replace(DEFAULTS, bot_agents=("wget",))).signals == ()
+        assert bots.origin_names_site(origin, HOST, frozenset()) is True
+        assert bots.origin_names_site(origin, "other.example", frozenset()) is False
