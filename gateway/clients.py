@@ -53,7 +53,8 @@ class ClientLimiter:
         self, rate: ClientRate, max_clients: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._rate = rate
+        # Plain floats: take() runs on every browser lead.
+        self._burst, self._per_second = float(rate.burst), rate.per_second
         self._max = max_clients
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
@@ -66,15 +67,16 @@ class ClientLimiter:
         now = self._clock()
         bucket = self._buckets.pop(client, None)  # re-inserted below: dicts keep order, an LRU
         if bucket is None:
-            bucket = _Bucket(float(self._rate.burst), now)
-        tokens = min(self._rate.burst, bucket.tokens + (now - bucket.at) * self._rate.per_second)
+            if len(self._buckets) >= self._max:  # room for this one: the least recent goes
+                del self._buckets[next(iter(self._buckets))]
+            bucket = _Bucket(self._burst, now)
+        tokens = bucket.tokens + (now - bucket.at) * self._per_second
+        tokens = tokens if tokens < self._burst else self._burst
         wait = 0.0
         if tokens >= 1.0:
             tokens -= 1.0
         else:
-            wait = (1.0 - tokens) / self._rate.per_second
+            wait = (1.0 - tokens) / self._per_second
         bucket.tokens, bucket.at = tokens, now
         self._buckets[client] = bucket
-        while len(self._buckets) > self._max:
-            del self._buckets[next(iter(self._buckets))]
         return wait

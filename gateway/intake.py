@@ -65,10 +65,10 @@ class Intake:
     # Plain functions handing back the coroutine: each coroutine layer on a lead's way costs it
     # once on the way in and again when the commit resumes it.
     def browser(self, request: web.Request) -> Awaitable[web.Response]:
-        return self._counted(request, "browser", self._browser)
+        return self._counted(request, "browser")
 
     def api(self, request: web.Request) -> Awaitable[web.Response]:
-        return self._counted(request, "api", self._api)
+        return self._counted(request, "api")
 
     async def status(self, request: web.Request) -> web.Response:
         self._authorise(request)
@@ -77,12 +77,9 @@ class Intake:
             raise BadRequest("not_found", "no lead with this id", status=404)
         return json_response(status.as_dict())
 
-    async def _counted(
-        self, request: web.Request, channel: leads.Channel,
-        handler: Callable[[web.Request], Awaitable[Answer]],
-    ) -> web.Response:
+    async def _counted(self, request: web.Request, channel: leads.Channel) -> web.Response:
         try:
-            response, outcome = await handler(request)
+            response, outcome = await self._accept(request, channel)
         except GatewayError as exc:
             self.metrics.count_received(channel, exc.outcome)
             if isinstance(exc, InvalidLead):
@@ -93,9 +90,12 @@ class Intake:
             self.metrics.count_received(channel, "rejected")
             raise
         self.metrics.count_received(channel, outcome)
+        if channel == "browser":
+            self._allow_origin(request.headers.get("Origin"), response)
         return response
 
-    async def _browser(self, request: web.Request) -> Answer:
+    def _admit(self, request: web.Request) -> bool:
+        """A browser's lead may come in: its origin, its rate. Does the Origin name the site?"""
         origin = request.headers.get("Origin")
         named = origin_names_site(origin, request.host, self.settings.allowed_origins)
         # A same-origin POST from a page with "Referrer-Policy: no-referrer" carries
@@ -106,15 +106,12 @@ class Intake:
                          self.settings.trusted_proxies)
         if wait := self.limiter.take(peer):
             raise Throttled(wait)
-        response, outcome = await self._accept(request, "browser", named)
+        return named
+
+    def _allow_origin(self, origin: str | None, response: web.Response) -> None:
         if origin is not None and origin in self.settings.allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-        return response, outcome
-
-    async def _api(self, request: web.Request) -> Answer:
-        self._authorise(request)
-        return await self._accept(request, "api")
 
     def _authorise(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -125,9 +122,12 @@ class Intake:
         if scheme.lower() != "bearer" or not any(matches):
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="ct-gateway"'})
 
-    async def _accept(
-        self, request: web.Request, channel: leads.Channel, origin_named: bool = False
-    ) -> Answer:
+    async def _accept(self, request: web.Request, channel: leads.Channel) -> Answer:
+        if channel == "browser":
+            origin_named = self._admit(request)
+        else:
+            self._authorise(request)
+            origin_named = False
         if self.draining:
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
         if (request.content_length or 0) > self.settings.max_body:
