@@ -25,8 +25,9 @@ def test_no_ids_for_an_empty_batch() -> None:
 
 
 def test_an_id_of_a_later_millisecond_sorts_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Stamps whose base64 digits cross every class of the alphabet: - 0-9 A-Z _ a-z.
-    millis = [0, 1, 10, 11, 36, 37, 38, 63, 64, 2**36, 2**40 + 5, 1_795_000_000_000, 2**48 - 1]
+    # Stamps since 1972 whose last digit crosses every class of the alphabet: - 0-9 A-Z _ a-z.
+    millis = [2**36 + d for d in (0, 1, 10, 11, 36, 37, 38, 63, 64)]
+    millis += [2**37, 2**40 + 5, 1_795_000_000_000, 2**42 - 1]
     made = []
     for ms in millis:
         monkeypatch.setattr(ids, "time_ns", lambda ms=ms: ms * 1_000_000 + 999_999)
@@ -34,3 +35,4 @@ def test_an_id_of_a_later_millisecond_sorts_after(monkeypatch: pytest.MonkeyPatc
     flat = [i for batch in made for i in batch]
     assert all(max(a) < min(b) for a, b in itertools.pairwise(made))
     assert len(set(flat)) == len(flat)
+    assert not any(i.startswith("-") for i in flat)  # "--id ID" must not read it as an option
