@@ -134,7 +134,7 @@ class Intake:
             raise BadRequest("body_too_large", "the body is too large", status=413)
         body = await read_body(request, self.settings.body_timeout)
         data = bodies.decode(bodies.media_type(request.headers.get("Content-Type", "")), body)
-        lead = leads.validate(data, channel)
+        lead = leads.validate(data, channel, self._tz)
         if self._is_bot(request, lead, channel, origin_named):
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
             return self._answer(new_id(), "queued", 202, "spam")

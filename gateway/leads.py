@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Literal, TypeGuard
 
 from .errors import FieldError, InvalidLead
@@ -138,14 +138,26 @@ def normalise_tags(value: object) -> list[str]:
     return tags
 
 
-def normalise_date(value: object) -> str:
+def normalise_date(value: object) -> datetime:
+    """The moment; :func:`validate` writes it in Calltouch's form once it knows the zone."""
     text = _date_text(value)
     for parse in (lambda s: datetime.strptime(s, DATE_FORMAT), datetime.fromisoformat):
         try:
-            return parse(text).strftime(DATE_FORMAT)
+            return parse(text)
         except ValueError:
             continue
     raise _Bad("invalid_date", "must be dd.mm.yyyy hh:mm:ss or ISO 8601")
+
+
+def calltouch_date(moment: datetime, zone: tzinfo | None) -> str:
+    """``dd.mm.yyyy hh:mm:ss``: a moment with an offset is first moved into ``zone`` (the
+    site's, in which Calltouch reads the text); one without is taken as the site's own time."""
+    if moment.tzinfo is not None and zone is not None:
+        try:
+            moment = moment.astimezone(zone)
+        except (OverflowError, ValueError):  # moved past year 1 or 9999
+            raise _Bad("invalid_date", "is out of range") from None
+    return moment.strftime(DATE_FORMAT)
 
 
 def normalise_custom(value: object) -> dict[str, str]:
@@ -200,9 +212,17 @@ def _is_empty(value: object) -> bool:
     return not value and (value is None or isinstance(value, _SIZED))  # the common case: truthy
 
 
-def validate(data: Mapping[str, object], channel: Channel) -> Lead:
-    """Normalise a decoded body into a :class:`Lead` or raise :class:`InvalidLead`."""
+def validate(data: Mapping[str, object], channel: Channel, zone: tzinfo | None = None) -> Lead:
+    """Normalise a decoded body into a :class:`Lead` or raise :class:`InvalidLead`.
+
+    ``zone`` is the site's time zone: a ``requestDate`` with an offset is moved into it.
+    """
     fields, errors = _fields(data, channel)
+    if isinstance(moment := fields.get("requestDate"), datetime):
+        try:
+            fields["requestDate"] = calltouch_date(moment, zone)
+        except _Bad as bad:
+            errors.append(FieldError("requestDate", bad.code, str(bad)))
     elapsed = None
     if (raw := data.get("_elapsed")) or not _is_empty(raw):
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -251,11 +252,26 @@ def test_request_date_from_the_api(raw: str, date: str) -> None:
     assert ok({**CONTACT, "requestDate": raw}, "api")["requestDate"] == date
 
 
+@pytest.mark.parametrize(("raw", "date"), [
+    ("01.02.2024 10:11:12", "01.02.2024 10:11:12"),  # the site's own time: as it is
+    ("2024-02-01T10:11:12", "01.02.2024 10:11:12"),
+    ("2024-02-01T10:11:12Z", "01.02.2024 13:11:12"),  # moved into the site's zone
+    ("2024-02-01T10:11:12+05:00", "01.02.2024 08:11:12"),
+    ("2024-07-01T23:30:00-02:00", "02.07.2024 04:30:00"),
+])
+def test_a_request_date_with_an_offset_is_moved_into_the_sites_zone(raw: str, date: str) -> None:
+    lead = validate({**CONTACT, "requestDate": raw}, "api", ZoneInfo("Europe/Moscow"))
+    assert lead.fields["requestDate"] == date
+
+
 @pytest.mark.parametrize(
-    "raw", ["yesterday", "32.01.2024 10:00:00", "01.02.2024", "2024-13-01", 1.5]
+    "raw", ["yesterday", "32.01.2024 10:00:00", "01.02.2024", "2024-13-01", 1.5,
+            "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"]
 )
 def test_bad_request_date(raw: object) -> None:
-    assert codes({**CONTACT, "requestDate": raw}, "api") == [("requestDate", "invalid_date")]
+    with pytest.raises(InvalidLead) as info:
+        validate({**CONTACT, "requestDate": raw}, "api", ZoneInfo("Europe/Moscow"))
+    assert [(e.field, e.code) for e in info.value.errors] == [("requestDate", "invalid_date")]
 
 
 def test_request_date_is_not_for_browsers() -> None:
