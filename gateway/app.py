@@ -1,4 +1,4 @@
-"""The only wiring: routes, middlewares, and one cleanup context per resource.
+"""The only wiring: routes (each wrapped by the edge), and one cleanup context per resource.
 
 Resources open in dependency order — queue, upstream session, intake and relay, ops listener —
 and close in reverse, so on shutdown the relay finishes its in-flight sends while ``/readyz``

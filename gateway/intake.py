@@ -2,7 +2,7 @@
 
 Handlers stay thin: decoding lives in :mod:`.bodies`, the rules in :mod:`.leads`, durability
 in the queue. Domain errors travel up as exceptions and become JSON at the edge
-(:func:`gateway.web.error_middleware`).
+(:func:`gateway.web.edge`).
 """
 
 from __future__ import annotations

@@ -260,6 +260,6 @@ def _fields(
         except _Bad as bad:
             errors.append(FieldError(name, bad.code, str(bad)))
             continue
-        if normalised:  # text, a list or a mapping: falsy only when empty
+        if normalised:  # text, a list, a mapping or a moment: falsy only when empty
             fields[name] = normalised
     return fields, errors

@@ -132,8 +132,9 @@ def expect_handler(max_body: int) -> Callable[[web.Request], Awaitable[None]]:
     """``Expect`` handling for every route, in place of aiohttp's default.
 
     The default answers any value but ``100-continue`` with a plain-text 417 that echoes the
-    header and skips the middlewares. RFC 9110 lets a server ignore an expectation it does not
-    know, so we do; and a body over the limit is not invited, the handler answers 413 unread.
+    header and never reaches the edge's JSON errors. RFC 9110 lets a server ignore an
+    expectation it does not know, so we do; and a body over the limit is not invited, the
+    handler answers 413 unread.
     """
 
     async def handle(request: web.Request) -> None:
