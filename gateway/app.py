@@ -21,7 +21,7 @@ from .config import Settings
 from .intake import Intake, json_response
 from .metrics import Metrics
 from .pacing import Pacer
-from .queue import PENDING, GroupCommit, Queue, State, open_queue
+from .queue import PENDING, Queue, State, open_queue
 from .relay import LeadSender, Relay
 from .retention import Retention
 from .web import METRICS, edge, unmatched
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", Queue)
-COMMITTER = web.AppKey("committer", GroupCommit)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 INTAKE = web.AppKey("intake", Intake)
 RELAY = web.AppKey("relay", Relay)
@@ -98,12 +97,8 @@ async def _sandbox_leads(request: web.Request) -> web.Response:
 
 
 async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    queue = await open_queue(app[SETTINGS].queue_url)
-    committer = GroupCommit(queue)
-    committer.start()
-    app[QUEUE], app[COMMITTER] = queue, committer
+    app[QUEUE] = queue = await open_queue(app[SETTINGS].queue_url)
     yield
-    await committer.stop()
     await queue.close()
 
 
@@ -139,7 +134,7 @@ async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.rate_limit.set_function(lambda: pacer.current)
     metrics.rate_limit_max.set(settings.rate)
     app[RELAY] = relay
-    app[INTAKE] = Intake(settings, app[COMMITTER], app[QUEUE], metrics, relay.wake)
+    app[INTAKE] = Intake(settings, app[QUEUE], metrics, relay.wake)
     yield
 
 

@@ -28,7 +28,7 @@ from .errors import BadRequest, GatewayError, InvalidLead, Throttled
 from .ids import new_id
 from .listener import read_body
 from .metrics import BOT_SIGNALS, Metrics
-from .queue import GroupCommit, Put, Queue, QueueError
+from .queue import Put, Queue, QueueError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ def json_response(data: object, status: int = 200) -> web.Response:
 @dataclass(slots=True)
 class Intake:
     settings: Settings
-    committer: GroupCommit
     queue: Queue
     metrics: Metrics
     on_queued: Callable[[str], None]
@@ -141,7 +140,7 @@ class Intake:
         given_number = lead.request_number
         fields = self._complete(lead)
         try:
-            result = await self.committer.put(Put(LEAD_KIND, orjson.dumps(fields), given_number))
+            result = await self.queue.put(Put(LEAD_KIND, orjson.dumps(fields), given_number))
         except (QueueError, ConnectionError):
             log.exception("queue unavailable: the lead was refused, not lost")
             raise BadRequest("queue_unavailable", "cannot store the lead now; retry", 503) from None

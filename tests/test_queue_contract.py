@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from gateway.queue import GroupCommit, Put, PutResult, Queue, State, open_queue
+from gateway.queue import Put, PutResult, Queue, State, open_queue
 from gateway.queue.sqlite import SQLiteQueue
 
 BACKENDS = ["sqlite"]
@@ -151,36 +151,27 @@ async def test_status_of_an_unknown_id_is_none(queue: Queue) -> None:
     assert await queue.status("nope") is None
 
 
-async def test_group_commit_shares_transactions(queue: Queue) -> None:
-    calls: list[int] = []
-    original = queue.put_many
-
-    async def counting(items: Sequence[Put], now: float) -> list[PutResult]:
-        calls.append(len(items))
-        return await original(items, now)
-
-    queue.put_many = counting  # type: ignore[method-assign]
-    committer = GroupCommit(queue)
-    committer.start()
-    puts = [committer.put(Put("lead", b"{}", f"k{i}")) for i in range(300)]
-    results = await asyncio.gather(*puts)
-    await committer.stop()
-    assert len({r.status.id for r in results}) == 300
-    assert sum(calls) == 300 and len(calls) < 300 / 4, calls
+async def test_puts_made_together_share_commits(queue: Queue) -> None:
+    before = await queue.stats()
+    results = await asyncio.gather(*(queue.put(Put("lead", b"{}", f"k{i}")) for i in range(300)))
+    assert len({r.status.id for r in results}) == 300 and all(r.created for r in results)
+    again = await asyncio.gather(queue.put(Put("lead", b"{}", "k7")), queue.put(Put("lead", b"{}")))
+    assert (again[0].created, again[0].status.id) == (False, results[7].status.id)
+    assert again[1].created
+    after = await queue.stats()
+    assert after.counts[State.READY] - before.counts[State.READY] == 301
 
 
-async def test_group_commit_reports_failures_to_every_waiter(queue: Queue) -> None:
-    async def broken(items: Sequence[Put], now: float) -> list[PutResult]:
-        raise OSError("disk full")
-
-    queue.put_many = broken  # type: ignore[method-assign]
-    committer = GroupCommit(queue)
-    committer.start()
-    outcomes = await asyncio.gather(
-        *(committer.put(Put("lead", b"{}")) for _ in range(5)), return_exceptions=True
-    )
-    await committer.stop()
-    assert all(isinstance(o, OSError) for o in outcomes)
+async def test_close_commits_what_was_put_and_refuses_the_rest(tmp_path: Path) -> None:
+    q = await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    pending = [q.put(Put("lead", b"{}", f"k{i}")) for i in range(20)]
+    await q.close()
+    assert all(r.created for r in await asyncio.gather(*pending))
+    with pytest.raises(ConnectionError):
+        await q.put(Put("lead", b"{}"))
+    reopened = await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    assert len(await reopened.lease("lead", 100, T0 + 1e9, 30)) == 20
+    await reopened.close()
 
 
 async def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:

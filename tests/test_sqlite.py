@@ -1,4 +1,4 @@
-"""SQLite-only behaviour, beyond the queue contract: locks held by other processes."""
+"""SQLite-only behaviour beyond the queue contract: shared inserts, failures, others' locks."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from gateway.queue import Put
+from gateway.queue import Put, QueueError
+from gateway.queue import sqlite as backend
 from gateway.queue.sqlite import SQLiteQueue
 
 
@@ -34,4 +36,43 @@ async def test_a_write_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: 
         with contextlib.suppress(sqlite3.Error):
             other.execute("ROLLBACK")
         other.close()
+        await queue.close()
+
+
+async def test_concurrent_puts_share_inserts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    insert = backend._insert_rows
+
+    def counted(conn: sqlite3.Connection, ids: Sequence[str], items: Sequence[Put],
+                now: float) -> int:
+        sizes.append(len(items))
+        return insert(conn, ids, items, now)
+
+    monkeypatch.setattr(backend, "_insert_rows", counted)
+    queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        await asyncio.gather(*(queue.put(Put("lead", b"{}", f"k{i}")) for i in range(300)))
+    finally:
+        await queue.close()
+    assert sum(sizes) == 300 and len(sizes) < 300 / 4, sizes
+
+
+async def test_a_failed_commit_is_a_queue_error_for_each_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    insert = backend._insert_rows
+    try:
+        def full(*args: object) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(backend, "_insert_rows", full)
+        outcomes = await asyncio.gather(*(queue.put(Put("lead", b"{}")) for _ in range(5)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, QueueError) for o in outcomes), outcomes
+        monkeypatch.setattr(backend, "_insert_rows", insert)
+        assert (await queue.put(Put("lead", b"{}"))).created
+    finally:
         await queue.close()

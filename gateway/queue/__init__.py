@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from .base import PENDING, Job, Purged, Put, PutResult, Queue, QueueError, State, Stats, Status
-from .batching import GroupCommit
 
 
 async def open_queue(url: str) -> Queue:
@@ -20,7 +19,6 @@ async def open_queue(url: str) -> Queue:
 
 __all__ = [
     "PENDING",
-    "GroupCommit",
     "Job",
     "Purged",
     "Put",

@@ -9,7 +9,7 @@ data) is purged after its retention; its status stays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -104,6 +104,12 @@ class Stats:
 
 
 class Queue(Protocol):
+    def put(self, item: Put) -> Awaitable[PutResult]:
+        """Commit durably (fsync) before the result; dedup on ``(kind, dedup_key)``.
+
+        Puts made while a commit is under way share the next one (group commit).
+        """
+
     async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
         """Commit durably (fsync) before returning; dedup on ``(kind, dedup_key)``."""
 

@@ -1,8 +1,9 @@
 """SQLite backend: WAL, ``synchronous=FULL`` (fsync on commit), one writer thread.
 
-Every call runs on a single-thread executor that owns its connection, so the event loop never
-blocks on disk; reads that may scan (stats, listings) use a second connection and thread, so a
-scrape never holds up a commit. Group commit lives in :mod:`gateway.queue.batching`.
+Every write runs on the writer thread (:mod:`gateway.queue.writer`), which owns its
+connection, so the event loop never blocks on disk; puts waiting together share one INSERT and
+one fsync. Reads that may scan (stats, listings) use a second connection and thread, so a
+scrape never holds up a commit.
 
 A purge must leave no copy of a lead on disk: ``secure_delete`` zeroes every freed cell and
 page (also the leftovers of page splits, so it is on from the first write), and a truncating
@@ -15,6 +16,7 @@ import asyncio
 import functools
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 
 from ..ids import new_ids
 from .base import PENDING, Job, Purged, Put, PutResult, QueueError, State, Stats, Status
+from .writer import Writer
 
 T = TypeVar("T")
 
@@ -143,7 +146,7 @@ class SQLiteQueue:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-w")
+        self._writer: Writer[Put, PutResult] = Writer(self._commit_puts, "ctgw-sqlite-w")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-r")
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
@@ -163,9 +166,9 @@ class SQLiteQueue:
         self._w.executescript(_SCHEMA)
 
     async def _write(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the writer thread: one worker, so writes never interleave."""
+        """Run ``fn`` on the writer thread: one thread, so writes never interleave."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+            return await self._writer.call(fn)
         except sqlite3.Error as exc:
             raise QueueError(f"sqlite: {exc}") from exc
 
@@ -186,13 +189,21 @@ class SQLiteQueue:
 
         return run
 
-    async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
-        """One trip to the writer thread for the inserts and the fsync of their commit.
+    def put(self, item: Put) -> asyncio.Future[PutResult]:
+        return self._writer.put(item)
 
-        A batch that fits one multi-row INSERT is one autocommit statement: SQLite inserts,
-        commits and fsyncs within a single call that holds no GIL, on the other core, while
-        the event loop goes on serving; the loop itself never touches the B-trees.
+    def _commit_puts(self, items: list[Put]) -> list[PutResult]:
+        """On the writer thread: every put that was waiting, in one commit.
+
+        Up to 512 rows are one autocommit INSERT: SQLite inserts, commits and fsyncs within a
+        single call that holds no GIL, while the event loop goes on serving.
         """
+        try:
+            return self._insert(new_ids(len(items)), items, time.time())
+        except sqlite3.Error as exc:
+            raise QueueError(f"sqlite: {exc}") from exc
+
+    async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
         if not items:
             return []
         ids = new_ids(len(items))
@@ -363,8 +374,15 @@ class SQLiteQueue:
         return await self._read(run)
 
     async def close(self) -> None:
-        for conn, pool in ((self._r, self._reader), (self._w, self._writer)):
-            if conn is not None:
-                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
-            pool.shutdown(wait=True)
+        """Commit what was put before, then close; a put after this fails."""
+        if self._writer.closed:
+            return
+        if self._r is not None:
+            await self._read(self._r.close)
+        self._reader.shutdown(wait=True)
+        await self._writer.close(self._close_writer)
+
+    def _close_writer(self) -> None:
+        if self._w is not None:
+            self._w.close()
 
