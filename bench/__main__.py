@@ -24,7 +24,7 @@ def _intake_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connections", type=int, default=64)
     group.add_argument("--threads", type=int, default=1, help="wrk threads")
     group.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
-    group.add_argument("--latency-rounds", type=int, default=3)
+    group.add_argument("--latency-rounds", type=int, default=5)
     group.add_argument("--latency-rate", type=float, default=1000.0, help="offered leads/s")
     group.add_argument("--latency-seconds", type=float, default=5.0)
 

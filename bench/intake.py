@@ -34,7 +34,7 @@ class IntakeOptions:
     warmup: float = 1.0
     connections: int = 64
     threads: int = 1
-    latency_rounds: int = 3
+    latency_rounds: int = 5
     latency_rate: float = 1000.0
     latency_seconds: float = 5.0
     tool: str = "auto"  # "wrk", "python" or "auto" (wrk when installed)
