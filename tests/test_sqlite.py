@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,3 +77,10 @@ async def test_a_failed_commit_is_a_queue_error_for_each_put(
         assert (await queue.put(Put("lead", b"{}"))).created
     finally:
         await queue.close()
+
+
+async def test_a_store_that_cannot_be_opened_leaves_no_thread(tmp_path: Path) -> None:
+    (tmp_path / "q.db").mkdir()  # a directory where the file should be
+    with pytest.raises(QueueError):
+        await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    assert not [t for t in threading.enumerate() if t.name.startswith("ctgw-sqlite")]

@@ -157,8 +157,12 @@ class SQLiteQueue:
     @classmethod
     async def open(cls, url: str) -> SQLiteQueue:
         queue = cls(path_from_url(url))
-        await queue._write(queue._open_writer)
-        queue._r = await queue._read(lambda: _connect(queue.path))
+        try:
+            await queue._write(queue._open_writer)
+            queue._r = await queue._read(lambda: _connect(queue.path))
+        except BaseException:
+            await queue.close()  # no thread outlives a store that could not be opened
+            raise
         return queue
 
     def _open_writer(self) -> None:
