@@ -106,6 +106,14 @@ def _status(row: tuple[object, ...]) -> Status:
     )
 
 
+def _guarded(fn: Callable[[], T]) -> T:
+    """``fn()``, with SQLite's errors as :class:`QueueError`: the contract's one failure type."""
+    try:
+        return fn()
+    except sqlite3.Error as exc:
+        raise QueueError(f"sqlite: {exc}") from exc
+
+
 @functools.cache
 def _insert_sql(rows: int) -> str:
     return _INSERT + ", ".join(["(?, ?, 'ready', ?, ?, ?, ?)"] * rows)
@@ -171,10 +179,7 @@ class SQLiteQueue:
 
     async def _write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the writer thread: one thread, so writes never interleave."""
-        try:
-            return await self._writer.call(fn)
-        except sqlite3.Error as exc:
-            raise QueueError(f"sqlite: {exc}") from exc
+        return await self._writer.call(functools.partial(_guarded, fn))
 
     async def _read(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
@@ -202,10 +207,7 @@ class SQLiteQueue:
         Up to 512 rows are one autocommit INSERT: SQLite inserts, commits and fsyncs within a
         single call that holds no GIL, while the event loop goes on serving.
         """
-        try:
-            return self._insert(new_ids(len(items)), items, time.time())
-        except sqlite3.Error as exc:
-            raise QueueError(f"sqlite: {exc}") from exc
+        return _guarded(lambda: self._insert(new_ids(len(items)), items, time.time()))
 
     async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
         if not items:
