@@ -60,6 +60,27 @@ async def test_a_failed_commit_fails_its_puts_and_the_next_one_works() -> None:
     await writer.close(lambda: None)
 
 
+async def test_a_put_is_answered_before_the_calls_of_its_round_run() -> None:
+    writer: Writer[int, str] = Writer(Store().commit, "test-writer")
+    release, _ = await _held(writer)
+    slow_entered, slow_release = threading.Event(), threading.Event()
+
+    def slow() -> str:  # the relay's ack, say, stuck in its fsync
+        slow_entered.set()
+        slow_release.wait(10)
+        return "acked"
+
+    call = writer.call(slow)
+    put = writer.put(7)  # submitted after the call, in the same round
+    release.set()
+    await asyncio.to_thread(slow_entered.wait, 10)
+    assert await asyncio.wait_for(put, 10) == "r7"
+    assert not call.done()
+    slow_release.set()
+    assert await call == "acked"
+    await writer.close(lambda: None)
+
+
 async def test_calls_run_in_order_and_fail_alone() -> None:
     writer: Writer[int, str] = Writer(Store().commit, "test-writer")
     seen: list[int] = []

@@ -2,10 +2,11 @@
 
 The event loop hands work over through a :class:`queue.SimpleQueue` and goes on. The thread
 takes everything that is waiting, commits all the waiting puts together (one statement, one
-fsync: group commit), runs the other calls one by one, and settles every future of that round
-with a single call into the loop. No task on the loop gathers batches or relays results: a
-put costs the loop one append and its answer one wake-up. Measured against a gathering task
-in front of a thread pool, this halved the time a lead waits for its commit at 1,000 leads/s.
+fsync: group commit) and hands their results to the loop at once, then runs the other calls
+one by one and hands theirs over in a second call into the loop. No task on the loop gathers
+batches or relays results: a put costs the loop one append and its answer one wake-up.
+Measured against a gathering task in front of a thread pool, this halved the time a lead
+waits for its commit at 1,000 leads/s.
 """
 
 from __future__ import annotations
@@ -94,22 +95,23 @@ class Writer(Generic[Item, Result]):
             work = [self._inbox.get()]
             while not self._inbox.empty():
                 work.append(self._inbox.get_nowait())
-            stop = work[-1] is None  # close() puts it last, and nothing after it
-            outcomes = self._run([w for w in work if w is not None])
-            try:
-                self._loop.call_soon_threadsafe(_settle, outcomes)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
-            if stop:
+            puts = [w for w in work if isinstance(w, _Put)]
+            calls = [w for w in work if isinstance(w, _Call)]
+            # A lead's answer does not wait for the calls of its round (the relay's leases
+            # and acks, each a transaction with its own fsync): puts are settled first.
+            done = self._hand_over(self._commit_puts(puts)) if puts else True
+            if done and calls:
+                done = self._hand_over([_outcome(c.future, c.fn) for c in calls])
+            if not done or work[-1] is None:  # close() puts None last, and nothing after it
                 return
 
-    def _run(self, work: list[_Put | _Call]) -> list[_Outcome]:
-        puts = [w for w in work if isinstance(w, _Put)]
-        outcomes = self._commit_puts(puts) if puts else []
-        for call in work:
-            if isinstance(call, _Call):
-                outcomes.append(_outcome(call.future, call.fn))
-        return outcomes
+    def _hand_over(self, outcomes: list[_Outcome]) -> bool:
+        """Settle ``outcomes`` on the loop; False once the loop is closed and nobody waits."""
+        try:
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+        except RuntimeError:
+            return False
+        return True
 
     def _commit_puts(self, puts: list[_Put]) -> list[_Outcome]:
         try:
