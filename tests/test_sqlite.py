@@ -84,3 +84,20 @@ async def test_a_store_that_cannot_be_opened_leaves_no_thread(tmp_path: Path) ->
     with pytest.raises(QueueError):
         await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
     assert not [t for t in threading.enumerate() if t.name.startswith("ctgw-sqlite")]
+
+
+async def test_the_wal_is_checkpointed_at_its_size_and_then_reused(tmp_path: Path) -> None:
+    queue = await SQLiteQueue.open(f"sqlite:///{tmp_path}/q.db")
+    wal = tmp_path / "q.db-wal"
+    frame = 24 + 4096  # header and page
+    sizes = []
+    try:
+        for batch in range(30):  # ~16,000 pages in all: 3 KB payloads overflow to a page each
+            items = [Put("lead", bytes([batch]) * 3000, None) for _ in range(512)]
+            await queue.put_many(items, time.time())
+            sizes.append(wal.stat().st_size)
+    finally:
+        await queue.close()
+    assert max(sizes) > 2_000 * frame  # not checkpointed at SQLite's default of 1,000 pages
+    # ...but once past the limit, and the file reused from its start: no unbounded growth
+    assert max(sizes) < (backend.CHECKPOINT_PAGES + 1_100) * frame
