@@ -73,7 +73,7 @@ _BUSY_MS = 10_000
 # SQLite checkpoints inside the commit that fills the WAL to this many pages, and the puts
 # arriving meanwhile wait for it. A single-lead commit writes ~6 pages, so SQLite's default
 # of 1,000 meant a checkpoint every 0.3 s at 1,000 leads/s (5-7 ms each, 1.3-1.8 % of the
-# writer's time). At 10,000 it is one every ~2.5 s, of ~13 ms: most pages a checkpoint copies
+# writer's time). At 10,000 it is one every ~2.5 s, of 6-13 ms: most pages a checkpoint copies
 # are the same few hot B-tree pages, rewritten many times over. The WAL is then ~40 MB.
 CHECKPOINT_PAGES = 10_000
 # A truncating checkpoint waits for readers with the writer lock held: wait briefly, and
