@@ -165,7 +165,8 @@ class LoopCounter(Collector):
 
 
 class RequestStats(Collector):
-    """``ctgw_http_requests_total`` and ``ctgw_http_request_duration_seconds``, as a LoopCounter."""
+    """``ctgw_http_requests_total`` (a :class:`LoopCounter`) and
+    ``ctgw_http_request_duration_seconds``: both plain numbers, updated by the loop alone."""
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self._bounds = buckets
