@@ -9,7 +9,8 @@
   null, "fault_rate": 0..1}``; ``POST /sandbox/reset``.
 
 It runs as its own process (``python -m gateway.sandbox``) or on a thread with its own event
-loop (``ct-gateway serve --sandbox``), so its clock is not skewed by the gateway's loop.
+loop (``ct-gateway serve --sandbox``). Either way a request is dated by the kernel's stamp of
+its arrival on the socket (:mod:`gateway.arrivals`), not by when the handler got a CPU.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import random
 import signal
 import threading
 import time
-from collections import deque
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from . import arrivals
 
 REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
 NO_PARAMS = "Не возможно создать заявку - не указано ни одного входного параметра"
@@ -47,16 +50,21 @@ class SandboxState:
     fault: str | None = None
     fault_rate: float = 1.0
     arrivals: list[Arrival] = field(default_factory=list)
-    executed: dict[str, deque[float]] = field(default_factory=dict)
+    executed: dict[str, list[float]] = field(default_factory=dict)
     next_id: int = 5222102
 
-    def over_limit(self, ip: str, now: float) -> bool:
-        window = self.executed.setdefault(ip, deque())
-        while window and window[0] <= now - WINDOW:
-            window.popleft()
-        if len(window) >= LIMIT:
+    def over_limit(self, ip: str, at: float) -> bool:
+        """Whether one more request at ``at`` would put over LIMIT in some window holding it.
+
+        Arrival times are the kernel's, and two connections may reach their handlers in the
+        other order, so ``at`` may be older than the last time kept: the times stay sorted and
+        every window ``(end - WINDOW, end]`` with ``end`` in ``[at, at + WINDOW)`` counts."""
+        times = self.executed.setdefault(ip, [])
+        del times[: bisect_right(times, at - 2 * WINDOW)]
+        ends = [at, *times[bisect_left(times, at): bisect_left(times, at + WINDOW)]]
+        if max(bisect_right(times, e) - bisect_right(times, e - WINDOW) for e in ends) >= LIMIT:
             return True
-        window.append(now)
+        insort(times, at)
         return False
 
 
@@ -92,7 +100,7 @@ def _success(state: SandboxState, form: dict[str, str]) -> dict[str, Any]:
 
 
 async def register(request: web.Request) -> web.StreamResponse:
-    arrived = time.monotonic()
+    arrived = _arrival(request)
     state = request.app[STATE]
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     form.update(request.query)
@@ -109,6 +117,13 @@ async def register(request: web.Request) -> web.StreamResponse:
     if not form or (state.fault == "error200" and _faulty(state)):
         return web.Response(text=NO_PARAMS, content_type="text/plain")
     return web.Response(body=orjson.dumps(_success(state, form)), content_type="application/json")
+
+
+def _arrival(request: web.Request) -> float:
+    """When the request reached the socket: the kernel's stamp, else the handler's clock."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    at = arrivals.claim(sock.fileno()) if sock is not None else None
+    return time.monotonic() if at is None else at
 
 
 def _faulty(state: SandboxState) -> bool:
@@ -208,7 +223,7 @@ class SandboxThread:
 
 async def _listen(runner: web.AppRunner, host: str, port: int) -> str:
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.SockSite(runner, arrivals.listener(host, port)).start()
     bound_host, bound_port = runner.addresses[0][:2]
     return f"http://{bound_host}:{bound_port}"
 
