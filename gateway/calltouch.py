@@ -11,10 +11,13 @@ Answers fall in three kinds (DESIGN.md, principle 5):
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -68,10 +71,19 @@ def register_form(fields: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from delay-seconds or an HTTP-date (RFC 9110), within [0, 1 h]."""
+    value = headers.get("Retry-After", "").strip()
     try:
-        return min(max(float(headers.get("Retry-After", "")), 0.0), 3600.0)
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), 3600.0) if math.isfinite(seconds) else None
 
 
 def _error_text(body: bytes) -> str:
@@ -109,16 +121,23 @@ async def _on_body_sent(
     session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
 ) -> None:
     slot = (ctx.trace_request_ctx or {}).get("slot")
-    if isinstance(slot, Slot):
-        slot.mark_sent(time.monotonic())  # the first chunk only: mark_sent keeps the first
+    if isinstance(slot, Slot) and slot.sent_at is None:
+        asyncio.get_running_loop().call_soon(_stamp, slot)
+
+
+def _stamp(slot: Slot) -> None:
+    slot.mark_sent(time.monotonic())
 
 
 def trace_config() -> aiohttp.TraceConfig:
-    """Stamps each request's pacer slot when it is written to the socket.
+    """Stamps each request's pacer slot just after it is written to the socket.
 
     ``on_request_headers_sent`` fires when the headers are only buffered; they leave with the
     body, later (up to 11 ms under load, measured). Every register call has a body, so the
-    first body chunk is the moment Calltouch's clock can start.
+    first body chunk is the moment Calltouch's clock can start. The hook runs just *before*
+    that write, in the same step of the task; the stamp is taken on the loop's next turn, just
+    after it. The pacer needs that side: a stamp no earlier than the write keeps request *k*
+    at least a window after request *k - n* even if the thread is preempted in between.
     """
     config = aiohttp.TraceConfig()
     config.on_request_chunk_sent.append(_on_body_sent)

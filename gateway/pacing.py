@@ -3,9 +3,10 @@
 A token bucket paces *grants*; but a grant is not an arrival. When the event loop is busy,
 requests granted 200 ms apart leave bunched, and Calltouch counts six in one second. So the
 pacer remembers when each request was actually written (aiohttp's ``on_request_chunk_sent``)
-and grants request *k* only after request *k - n* was written at least one window ago. Since a
-request is written after its grant, ``written[k] - written[k - n] >= window`` always holds: no
-window ever holds more than ``n`` requests, whatever the loop does in between.
+and grants request *k* only after request *k - n* was written at least one window ago. A
+request is written after its grant, and its stamp is taken no earlier than its write, so
+``written[k] - written[k - n] >= window`` always holds: no window ever holds more than ``n``
+requests, whatever the loop does in between.
 
 After a 429 the pacer pauses for ``Retry-After`` (or a second), halves its rate for everyone,
 and climbs back additively while answers are good.

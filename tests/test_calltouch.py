@@ -1,0 +1,134 @@
+"""The Calltouch client: every answer classified, the register form, the pacer's stamp."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import arrivals
+from gateway.calltouch import (
+    CalltouchClient,
+    Delivered,
+    Outcome,
+    Permanent,
+    Retry,
+    classify,
+    redact,
+    register_form,
+    trace_config,
+)
+from gateway.pacing import Slot
+from gateway.sandbox import NO_PARAMS
+
+from .support import sandbox_requests, spawn_sandbox
+
+OK = b'{"requestId": 5222103, "subject": "x", "client": {"fio": "x"}}'
+
+
+def kind(outcome: Outcome) -> tuple[str, str]:
+    return type(outcome).__name__, outcome.outcome
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (200, OK, ("Delivered", "ok")),
+    (201, b'{"requestId": "abc"}', ("Delivered", "ok")),
+    (200, NO_PARAMS.encode(), ("Permanent", "invalid_answer")),
+    (200, b'{"requestId": ""}', ("Permanent", "invalid_answer")),
+    (200, b'{"message": "site not found"}', ("Permanent", "invalid_answer")),
+    (200, b"[1, 2]", ("Permanent", "invalid_answer")),
+    (200, b"\xff\xfe not json", ("Permanent", "invalid_answer")),
+    (204, b"", ("Permanent", "invalid_answer")),
+    (429, b'{"message": "Too Many Requests"}', ("Retry", "rate_limited")),
+    (408, b"", ("Retry", "server_error")),
+    (500, b"", ("Retry", "server_error")),
+    (503, b"Service Unavailable", ("Retry", "server_error")),
+    (400, b'{"error": "bad siteId"}', ("Permanent", "client_error")),
+    (401, b"", ("Permanent", "client_error")),
+    (404, b"<html>Not Found</html>", ("Permanent", "client_error")),
+])
+def test_every_answer_is_classified(status: int, body: bytes, expected: tuple[str, str]) -> None:
+    assert kind(classify(status, {}, body)) == expected
+
+
+def test_a_delivered_answer_keeps_calltouchs_request_id() -> None:
+    assert classify(200, {}, OK) == Delivered("5222103")
+
+
+def test_a_permanent_failure_keeps_its_reason() -> None:
+    outcome = classify(200, {}, NO_PARAMS.encode())
+    assert isinstance(outcome, Permanent) and NO_PARAMS in outcome.reason
+    assert classify(400, {}, b'{"error": "bad siteId"}') == Permanent(
+        "client_error", "HTTP 400: bad siteId")
+
+
+def retry_after(value: str) -> float | None:
+    outcome = classify(429, {"Retry-After": value}, b"")
+    assert isinstance(outcome, Retry)
+    return outcome.retry_after
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("7", 7.0), ("0", 0.0), ("-5", 0.0), ("99999", 3600.0), ("", None), ("soon", None),
+    ("nan", None), ("inf", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past
+    ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0),
+])
+def test_retry_after_is_read_within_bounds(value: str, seconds: float | None) -> None:
+    assert retry_after(value) == seconds
+
+
+def test_retry_after_may_be_an_http_date() -> None:
+    wait = retry_after(formatdate(time.time() + 120, usegmt=True))
+    assert wait is not None and 115 <= wait <= 121
+
+
+def test_retry_after_applies_to_server_errors_too() -> None:
+    assert classify(503, {"Retry-After": "30"}, b"") == Retry("server_error", "HTTP 503", 30.0)
+
+
+@given(st.integers(100, 599), st.dictionaries(st.just("Retry-After"), st.text(max_size=40)),
+       st.binary(max_size=200))
+def test_no_answer_breaks_the_classifier(status: int, headers: dict[str, str],
+                                         body: bytes) -> None:
+    outcome = classify(status, headers, body)
+    wait = getattr(outcome, "retry_after", None)
+    assert wait is None or 0.0 <= wait <= 3600.0
+
+
+def test_reasons_carry_no_email_or_phone() -> None:
+    text = redact("client ivan@example.com, phone +7 (920) 555-00-55, already exists")
+    assert text == "client *** phone ***, already exists"  # the comma goes with the address
+    assert len(redact("x" * 1000)) == 160
+
+
+def test_the_register_form_uses_calltouch_names() -> None:
+    fields: dict[str, Any] = {"fio": "Иван", "sessionId": 1845461367, "tags": ["a", "b c"],
+                              "customFields": {"city": "Тула", "rooms": 3}}
+    assert register_form(fields) == {
+        "fio": "Иван", "sessionId": "1845461367", "tags": "a,b c",
+        "customField[city]": "Тула", "customField[rooms]": "3",
+    }
+
+
+@pytest.mark.skipif(not arrivals.STAMPED, reason="SO_TIMESTAMPNS is Linux's")
+async def test_a_slot_is_stamped_no_earlier_than_its_request_reached_calltouch() -> None:
+    """The pacer's window holds only if a stamp is never earlier than the write it stands for."""
+    proc, url = spawn_sandbox("0,0")
+    slots = [Slot() for _ in range(5)]
+    try:
+        async with aiohttp.ClientSession(trace_configs=[trace_config()]) as session:
+            client = CalltouchClient(session, url, "18990", timeout=5.0)
+            for n, slot in enumerate(slots):
+                assert isinstance(await client.register({"subject": f"s{n}"}, slot), Delivered)
+            rows = await sandbox_requests(session, url)
+    finally:
+        proc.kill()
+    arrived = {row["form"]["subject"]: row["at"] for row in rows}
+    lags = [slot.sent_at - arrived[f"s{n}"] for n, slot in enumerate(slots)
+            if slot.sent_at is not None]
+    assert len(lags) == len(slots) and all(0 <= lag < 0.05 for lag in lags), lags
