@@ -1,9 +1,9 @@
 """When a request reached a socket, by the kernel's clock rather than the event loop's.
 
 The sandbox counts arrivals in sliding 1 s windows, as Calltouch does. A time taken in the
-handler is late by however long the sandbox waited for a CPU, and a loaded 2-core CI runner
-made that wait longer than the pacer's 30 ms margin: six requests written 1.03 s apart were
-counted in one second. Linux stamps every received segment (``SO_TIMESTAMPNS``); an accepted
+handler is late by however long the sandbox waited for a CPU: up to 8.6 ms here with four
+busy processes on two cores, and a CI run counted six requests, written 1.03 s apart, in one
+second. Linux stamps every received segment (``SO_TIMESTAMPNS``); an accepted
 socket inherits the option from its listener, and :class:`StampedConnection` reads the stamp
 together with the data (asyncio reads a stream protocol's socket with ``recv``). Elsewhere no
 stamp is kept and callers use their own clock.
@@ -29,30 +29,24 @@ _connections: weakref.WeakValueDictionary[int, StampedConnection] = weakref.Weak
 
 
 class StampedConnection(socket.socket):
-    """An accepted connection that keeps the arrival time of its first unclaimed read."""
+    """An accepted connection that keeps the arrival time of the bytes it read last.
 
-    _unclaimed: float | None = None
+    A handler starts once its request's head is read, and no client of the sandbox pipelines,
+    so at that moment the last read is of this request: its head, or a rest of the body that
+    came in a later segment, stamped later by the gap between the two.
+    """
+
+    arrived: float | None = None
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data, ancillary, _, _ = self.recvmsg(bufsize, _ANCILLARY, flags)
-        self._note(ancillary)
-        return data
-
-    def claim(self) -> float | None:
-        """When the first unclaimed read's bytes arrived (monotonic); later reads start anew.
-
-        A read that takes several TCP segments carries the last one's stamp: late, which
-        only makes a window look fuller than it was."""
-        at, self._unclaimed = self._unclaimed, None
-        return at
-
-    def _note(self, ancillary: list[tuple[int, int, bytes]]) -> None:
         for level, kind, raw in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and self._unclaimed is None:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
                 # The kernel stamps on the wall clock; the sandbox keeps monotonic times.
                 offset = time.time() - time.monotonic()
-                self._unclaimed = seconds + nanoseconds * 1e-9 - offset
+                self.arrived = seconds + nanoseconds * 1e-9 - offset
+        return data
 
 
 class StampingListener(socket.socket):
@@ -79,7 +73,7 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def claim(fileno: int) -> float | None:
-    """The arrival time of the oldest unclaimed bytes on connection ``fileno``, if stamped."""
+def arrived(fileno: int) -> float | None:
+    """When the last bytes read on connection ``fileno`` arrived (monotonic), if stamped."""
     conn = _connections.get(fileno)
-    return conn.claim() if conn is not None else None
+    return conn.arrived if conn is not None else None

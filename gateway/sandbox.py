@@ -122,7 +122,7 @@ async def register(request: web.Request) -> web.StreamResponse:
 def _arrival(request: web.Request) -> float:
     """When the request reached the socket: the kernel's stamp, else the handler's clock."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    at = arrivals.claim(sock.fileno()) if sock is not None else None
+    at = arrivals.arrived(sock.fileno()) if sock is not None else None
     return time.monotonic() if at is None else at
 
 

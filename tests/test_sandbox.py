@@ -26,14 +26,17 @@ async def test_an_arrival_is_stamped_when_the_bytes_reach_the_socket() -> None:
     written: list[float] = []
     sent = asyncio.Event()
 
-    async def on_chunk(_: object, __: SimpleNamespace, ___: object) -> None:
-        written.append(time.monotonic())  # just before the request's bytes are written
-        sent.set()
+    async def on_chunk(_: object, __: SimpleNamespace,
+                       params: aiohttp.TraceRequestChunkSentParams) -> None:
+        if params.method == "POST":
+            written.append(time.monotonic())  # just before the request's bytes are written
+            sent.set()
 
     trace = aiohttp.TraceConfig()
     trace.on_request_chunk_sent.append(on_chunk)
     try:
         async with aiohttp.ClientSession(trace_configs=[trace]) as http:
+            assert await sandbox_requests(http, url) == []  # an older request on the connection
             os.kill(proc.proc.pid, signal.SIGSTOP)
             try:
                 post = asyncio.create_task(
