@@ -5,23 +5,26 @@ handler is late by however long the sandbox waited for a CPU: up to 8.6 ms here 
 busy processes on two cores, and a CI run counted six requests, written 1.03 s apart, in one
 second. Linux stamps every received segment (``SO_TIMESTAMPNS``); an accepted
 socket inherits the option from its listener, and :class:`StampedConnection` reads the stamp
-together with the data (asyncio reads a stream protocol's socket with ``recv``). Elsewhere no
-stamp is kept and callers use their own clock.
+together with the data (asyncio's selector loop reads a stream protocol's socket with
+``recv``; uvloop, or a buffered protocol, would bypass it). Where no stamp is kept, callers use
+their own clock.
 """
 
 from __future__ import annotations
 
+import platform
 import socket
 import struct
 import sys
 import time
 import weakref
 
-# Linux's value; Python's socket module does not export the constant.
+# The value and the 64-bit timespec of Linux on x86-64 and arm64 (Python does not export the
+# constant); other architectures differ, and there the sandbox keeps its own clock.
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
-STAMPED = sys.platform == "linux"
+STAMPED = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
 
 # Keyed by file descriptor, which is unique in the process while the connection is open; a
 # handler finds its connection through ``transport.get_extra_info("socket").fileno()``.
@@ -40,13 +43,32 @@ class StampedConnection(socket.socket):
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data, ancillary, _, _ = self.recvmsg(bufsize, _ANCILLARY, flags)
-        for level, kind, raw in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
-                # The kernel stamps on the wall clock; the sandbox keeps monotonic times.
-                offset = time.time() - time.monotonic()
-                self.arrived = seconds + nanoseconds * 1e-9 - offset
+        if data:
+            self.arrived = _stamp(ancillary)
         return data
+
+
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) == _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack(raw)
+            # The kernel stamps on the wall clock; the sandbox keeps monotonic times.
+            return float(seconds + nanoseconds * 1e-9 - _wall_lead())
+    return None
+
+
+def _wall_lead() -> float:
+    """How far the wall clock is ahead of the monotonic one.
+
+    Read between two monotonic reads, the tightest of a few: a thread preempted between two
+    clock reads would otherwise shift the result by as long as it waited (ms, under load).
+    """
+    span, lead = float("inf"), 0.0
+    for _ in range(5):
+        before, wall, after = time.monotonic(), time.time(), time.monotonic()
+        if after - before < span:
+            span, lead = after - before, wall - (before + after) / 2
+    return lead
 
 
 class StampingListener(socket.socket):
@@ -62,13 +84,17 @@ class StampingListener(socket.socket):
 def listener(host: str, port: int) -> socket.socket:
     """A bound, listening, non-blocking socket that stamps arrivals where the kernel can."""
     family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = StampingListener(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if STAMPED:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sock.bind(address)
-    sock.listen(128)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if STAMPED:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

@@ -137,7 +137,9 @@ def trace_config() -> aiohttp.TraceConfig:
     first body chunk is the moment Calltouch's clock can start. The hook runs just *before*
     that write, in the same step of the task; the stamp is taken on the loop's next turn, just
     after it. The pacer needs that side: a stamp no earlier than the write keeps request *k*
-    at least a window after request *k - n* even if the thread is preempted in between.
+    at least a window after request *k - n* even if the thread is preempted in between. (The
+    transport hands a small request to the kernel at once unless its buffer already holds
+    unsent bytes, which a fresh request on an idle keep-alive connection never finds.)
     """
     config = aiohttp.TraceConfig()
     config.on_request_chunk_sent.append(_on_body_sent)

@@ -26,7 +26,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class Slot:
-    """One granted request; :meth:`mark_sent` stamps the moment its headers were written."""
+    """One granted request; :meth:`mark_sent` stamps it once its bytes are written."""
 
     __slots__ = ("_event", "sent_at")
 

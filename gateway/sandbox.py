@@ -58,7 +58,8 @@ class SandboxState:
 
         Arrival times are the kernel's, and two connections may reach their handlers in the
         other order, so ``at`` may be older than the last time kept: the times stay sorted and
-        every window ``(end - WINDOW, end]`` with ``end`` in ``[at, at + WINDOW)`` counts."""
+        every window ``(end - WINDOW, end]`` with ``end`` in ``[at, at + WINDOW)`` counts. Times
+        are kept for two windows, so an arrival handled up to a window late is judged exactly."""
         times = self.executed.setdefault(ip, [])
         del times[: bisect_right(times, at - 2 * WINDOW)]
         ends = [at, *times[bisect_left(times, at): bisect_left(times, at + WINDOW)]]
