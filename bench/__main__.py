@@ -16,37 +16,44 @@ from typing import Any
 
 from . import flood, intake, memory, relay, report, summary
 
+# The options' own defaults are the CLI's: one place to change them.
+_INTAKE, _RELAY = intake.IntakeOptions(), relay.RelayOptions()
+_MEMORY, _FLOOD = memory.MemoryOptions(), flood.FloodOptions()
+
 
 def _intake_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("intake")
-    group.add_argument("--rounds", type=int, default=5, help="throughput rounds per server")
-    group.add_argument("--seconds", type=float, default=5.0, help="seconds per round")
-    group.add_argument("--connections", type=int, default=64)
-    group.add_argument("--threads", type=int, default=1, help="wrk threads")
-    group.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
-    group.add_argument("--latency-rounds", type=int, default=5)
-    group.add_argument("--latency-rate", type=float, default=1000.0, help="offered leads/s")
-    group.add_argument("--latency-seconds", type=float, default=5.0)
+    group.add_argument("--rounds", type=int, default=_INTAKE.rounds,
+                       help="throughput rounds per server")
+    group.add_argument("--seconds", type=float, default=_INTAKE.seconds, help="seconds per round")
+    group.add_argument("--connections", type=int, default=_INTAKE.connections)
+    group.add_argument("--threads", type=int, default=_INTAKE.threads, help="wrk threads")
+    group.add_argument("--tool", choices=["auto", "wrk", "python"], default=_INTAKE.tool)
+    group.add_argument("--latency-rounds", type=int, default=_INTAKE.latency_rounds)
+    group.add_argument("--latency-rate", type=float, default=_INTAKE.latency_rate,
+                       help="offered leads/s")
+    group.add_argument("--latency-seconds", type=float, default=_INTAKE.latency_seconds)
 
 
 def _relay_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("relay")
-    group.add_argument("--leads", type=int, default=500, help="leads to drain")
-    group.add_argument("--relay-rounds", type=int, default=1)
+    group.add_argument("--leads", type=int, default=_RELAY.leads, help="leads to drain")
+    group.add_argument("--relay-rounds", type=int, default=_RELAY.rounds)
 
 
 def _memory_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("memory")
-    group.add_argument("--memory-leads", type=int, default=1_000_000, help="leads to pre-fill")
-    group.add_argument("--batch", type=int, default=10_000, help="leads per put_many")
+    group.add_argument("--memory-leads", type=int, default=_MEMORY.leads, help="leads to pre-fill")
+    group.add_argument("--batch", type=int, default=_MEMORY.batch, help="leads per put_many")
 
 
 def _flood_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("flood")
-    group.add_argument("--flood-leads", type=int, default=150, help="real leads per phase")
-    group.add_argument("--flood-rate", type=float, default=10.0, help="real leads per second")
-    group.add_argument("--junk-connections", type=int, default=150)
-    group.add_argument("--loris", type=int, default=16, help="slow-loris connections")
+    group.add_argument("--flood-leads", type=int, default=_FLOOD.leads, help="real leads per phase")
+    group.add_argument("--flood-rate", type=float, default=_FLOOD.rate,
+                       help="real leads per second")
+    group.add_argument("--junk-connections", type=int, default=_FLOOD.connections)
+    group.add_argument("--loris", type=int, default=_FLOOD.loris, help="slow-loris connections")
 
 
 def _parser() -> argparse.ArgumentParser:
