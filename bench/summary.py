@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report import Row
+from .report import Row, median
 
 RSS_LIMIT_BYTES = 150_000_000  # the target's "150 MB"
 P99_LIMIT_MS = 10.0
@@ -31,6 +31,19 @@ def intake_rows(result: dict[str, Any]) -> list[Row]:
         Row("  achieved offered rate", f"{gw['achieved_rate']:.0f}/s", f"{offered:g}/s",
             _x(gw["achieved_rate"] / offered), ">= 0.95x offered",
             gw["achieved_rate"] >= 0.95 * offered),
+        *_machine_rows(result),
+    ]
+
+
+def _machine_rows(result: dict[str, Any]) -> list[Row]:
+    """What the machine did meanwhile: the latency tail follows both, the code does not."""
+    steal = [row["cpu_steal"] for row in result["latency"]["rounds"]["gateway"]]
+    before, after = result["fsync_ms_before"]["p99"], result["fsync_ms_after"]["p99"]
+    return [
+        Row("  CPU steal in gateway latency rounds", f"{median(steal):.1%}",
+            f"max {max(steal):.1%}", "-", "-", None),
+        Row("  disk fsync p99 before / after", f"{before:.2f} ms", f"{after:.2f} ms after",
+            "-", "-", None),
     ]
 
 
