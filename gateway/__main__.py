@@ -12,15 +12,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
-from . import logs
-from .app import OPS_RUNNER, create_app
-from .config import ConfigError, Settings, from_env
-from .listener import listen
-from .queue import Queue, State, open_queue
-from .sandbox import SandboxThread
-from .web import METRICS
+from gateway import app
+from gateway.config import ConfigError, Settings, from_env
+from gateway.ops import logs
+from gateway.queue import Queue, State, open_queue
+from gateway.sandbox.server import SandboxThread
 
 log = logging.getLogger("gateway")
 
@@ -49,29 +45,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(settings: Settings) -> None:
-    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    await listen(runner, settings, runner.app[METRICS])
+    running = await app.start(settings)
     tune_gc()
-    ops = runner.app[OPS_RUNNER]
-    log.info("listening public=%s ops=%s", _address(runner), _address(ops))
+    log.info("listening public=%s ops=%s", running.url, running.ops_url)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: readiness off, intake closed, finishing in-flight sends")
-    await runner.cleanup()
+    await running.runner.cleanup()
     log.info("stopped")
 
 
 def tune_gc() -> None:
     gc.freeze()  # what start-up built lives as long as the process: no collection walks it
     gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
-
-
-def _address(runner: web.AppRunner) -> str:
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
 
 
 async def _with_queue(settings: Settings, action: Callable[[Queue], Awaitable[None]]) -> None:

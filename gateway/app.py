@@ -1,40 +1,44 @@
-"""The only wiring: routes (each wrapped by the edge), and one cleanup context per resource.
+"""The only wiring: routes (each wrapped by the edge), one cleanup context per resource, and
+the listeners.
 
-Resources open in dependency order — queue, upstream session, intake and relay, ops listener —
-and close in reverse, so on shutdown the relay finishes its in-flight sends while ``/readyz``
-still answers 503, and the queue closes last.
+Resources open in dependency order — queue, retention, upstream session, intake, ops listener,
+relay — and close in reverse, so on shutdown the relay finishes its in-flight sends while
+``/readyz`` still answers 503, and the queue closes last. :func:`start`
+opens the public listener on top, as :func:`_ops_ctx` opens the ops one.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import listener, snippet
-from .calltouch import CalltouchClient, trace_config
-from .config import Settings
-from .intake import Intake, json_response
-from .metrics import Metrics
-from .pacing import Pacer
-from .queue import PENDING, Queue, State, open_queue
-from .relay import LeadSender, Relay
-from .retention import Retention
-from .web import METRICS, edge, unmatched
+from gateway.calltouch.client import CalltouchClient, trace_config
+from gateway.config import Settings
+from gateway.intake import listener, snippet
+from gateway.intake.edge import edge, unmatched
+from gateway.intake.handlers import Intake
+from gateway.kinds.lead import LeadKind
+from gateway.ops.endpoints import create_ops_app
+from gateway.ops.metrics import Metrics
+from gateway.ops.retention import Retention
+from gateway.queue import DEFAULT_SITE, Queue, open_queue
+from gateway.relay.pacing import Pacer
+from gateway.relay.relay import Relay
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+TRACES = web.AppKey("traces", tuple[aiohttp.TraceConfig, ...])
 QUEUE = web.AppKey("queue", Queue)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-INTAKE = web.AppKey("intake", Intake)
 RELAY = web.AppKey("relay", Relay)
+INTAKE = web.AppKey("intake", Intake)
 OPS_RUNNER = web.AppKey("ops_runner", web.AppRunner)
-TRACES = web.AppKey("traces", tuple[aiohttp.TraceConfig, ...])
 
 
 def create_app(
@@ -44,8 +48,7 @@ def create_app(
 ) -> web.Application:
     """The public app; ``upstream_traces`` are extra aiohttp traces on the Calltouch session."""
     app = web.Application(
-        client_max_size=settings.max_body,
-        handler_args=listener.handler_args(settings),
+        client_max_size=settings.max_body, handler_args=listener.handler_args(settings)
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics = metrics or Metrics()
@@ -76,16 +79,16 @@ def create_app(
     return app
 
 
-def _browser(request: web.Request) -> Awaitable[web.Response]:
-    return request.app[INTAKE].browser(request)  # not awaited here: one coroutine layer fewer
+async def _browser(request: web.Request) -> web.Response:
+    return await request.app[INTAKE].browser(request)
 
 
 async def _preflight(request: web.Request) -> web.Response:
     return await request.app[INTAKE].preflight(request)
 
 
-def _api(request: web.Request) -> Awaitable[web.Response]:
-    return request.app[INTAKE].api(request)
+async def _api(request: web.Request) -> web.Response:
+    return await request.app[INTAKE].api(request)
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -120,30 +123,28 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     pacer = Pacer(settings.rate)
-    client = CalltouchClient(
-        app[SESSION], settings.calltouch_url, settings.site_id, settings.upstream_timeout
-    )
-    relay = Relay(
-        app[QUEUE], pacer, [LeadSender(client)], metrics,
+    metrics.rate_limit.set_function(lambda: pacer.current)
+    metrics.rate_limit_max.set(settings.rate)
+    client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)
+    senders = [LeadKind({DEFAULT_SITE: settings.site_id})]
+    app[RELAY] = relay = Relay(
+        app[QUEUE], client, senders, [pacer], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
         lease_timeout=settings.lease_timeout,
     )
-    metrics.rate_limit.set_function(lambda: pacer.current)
-    metrics.rate_limit_max.set(settings.rate)
-    app[RELAY] = relay
-    app[INTAKE] = Intake(settings, app[QUEUE], metrics, relay.wake)
+    relay.start()
+    metrics.ready.set(1)
     yield
-
-
-async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[RELAY].start()
-    app[METRICS].ready.set(1)
-    yield
-    unsent = await app[RELAY].stop(app[SETTINGS].shutdown_grace)
+    unsent = await relay.stop(settings.shutdown_grace)
     log.info("relay stopped unsent_in_flight=%d", unsent)
+
+
+async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[INTAKE] = Intake(app[SETTINGS], app[QUEUE], app[METRICS])
+    yield
 
 
 async def _start_draining(app: web.Application) -> None:
@@ -152,7 +153,8 @@ async def _start_draining(app: web.Application) -> None:
 
 
 async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
-    runner = web.AppRunner(create_ops_app(app), access_log=None)
+    ops = create_ops_app(app[QUEUE], app[METRICS], lambda: app[INTAKE].draining)
+    runner = web.AppRunner(ops, access_log=None)
     await runner.setup()
     listen = app[SETTINGS].ops_listen
     await web.TCPSite(runner, listen.host, listen.port).start()
@@ -161,38 +163,34 @@ async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
-def create_ops_app(main: web.Application) -> web.Application:
-    """``/metrics``, ``/healthz`` and ``/readyz``, on their own listener."""
-    metrics = main[METRICS]
-    export = make_aiohttp_handler(metrics.registry)
-
-    async def metrics_handler(request: web.Request) -> web.StreamResponse:
-        stats = await main[QUEUE].stats()
-        metrics.queue.jobs = {s.value: stats.counts[s] for s in (*PENDING, State.DEAD)}
-        oldest = stats.oldest_pending_at
-        metrics.queue.oldest_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
-        return await export(request)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        if main[INTAKE].draining:
-            return json_response({"status": "draining"}, 503)
-        try:
-            await main[QUEUE].status("readyz-probe")
-        except Exception as exc:
-            log.warning("readiness: queue unavailable: %s", type(exc).__name__)
-            return json_response({"status": "queue_unavailable"}, 503)
-        return json_response({"status": "ready"})
-
-    ops = web.Application()
-    ops.router.add_get("/metrics", metrics_handler)
-    ops.router.add_get("/healthz", healthz)
-    ops.router.add_get("/readyz", readyz)
-    return ops
-
-
-def bound_address(runner: web.AppRunner) -> str:
+def bound_address(runner: web.BaseRunner) -> str:
+    """``http://host:port`` of a runner's first site (its real port when it asked for 0)."""
     host, port = runner.addresses[0][:2]
     return f"http://{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A started gateway: its runner, the listeners' URLs and its metrics."""
+
+    runner: web.AppRunner
+    url: str
+    ops_url: str
+    metrics: Metrics
+
+
+async def start(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    upstream_traces: Sequence[aiohttp.TraceConfig] = (),
+) -> Running:
+    """Open every resource and both listeners; ``await running.runner.cleanup()`` stops it."""
+    app = create_app(settings, metrics, upstream_traces)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        await listener.listen(runner, settings, app[METRICS])
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Running(runner, bound_address(runner), bound_address(app[OPS_RUNNER]), app[METRICS])

@@ -3,8 +3,8 @@
 An id is 42 bits of Unix milliseconds (until 2109) then 54 random bits, in base64 with its
 alphabet put in ASCII order, so an id made in a later millisecond sorts after one made earlier;
 its first character is never "-" (an id must pass as a command-line argument). That keeps the
-queue's primary-key index growing at its right edge: random ids dirtied one more index page per
-lead in every commit, which doubled the bytes each lead wrote to the WAL.
+queue's primary-key index growing at its right edge, so a commit rewrites the same few index
+pages; random ids would dirty a page somewhere in the index for every lead.
 
 They name leads, they guard nothing (the status API wants a token), so a PRNG seeded from the
 OS is enough; ``secrets`` would cost a getrandom() system call on every lead.

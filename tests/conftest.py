@@ -15,14 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.app import OPS_RUNNER, create_app
+from gateway import app
 from gateway.config import BotWeights, ClientRate, HostPort, Settings
-from gateway.listener import listen
-from gateway.logs import JsonFormatter
-from gateway.metrics import Metrics
-from gateway.sandbox import SandboxThread
-
-from .support import LOG_LINES, TOKEN, Gateway, Process
+from gateway.ops.logs import JsonFormatter
+from gateway.ops.metrics import Metrics
+from gateway.sandbox.server import SandboxThread
+from tests.support import LOG_LINES, TOKEN, Gateway, Process
 
 
 class _Keep(logging.Handler):
@@ -88,13 +86,9 @@ async def start_gateway(sandbox: SandboxThread) -> AsyncIterator[object]:
     runners: list[web.AppRunner] = []
 
     async def start(settings: Settings, traces: Sequence[aiohttp.TraceConfig] = ()) -> Gateway:
-        metrics = Metrics()
-        runner = web.AppRunner(create_app(settings, metrics, traces), access_log=None)
-        await runner.setup()
-        await listen(runner, settings, metrics)  # the production listener, with its caps
-        runners.append(runner)
-        ops = runner.app[OPS_RUNNER]
-        return Gateway(_url(runner), _url(ops), runner, metrics)
+        running = await app.start(settings, Metrics(), traces)  # the production listeners
+        runners.append(running.runner)
+        return Gateway(running.url, running.ops_url, running.runner, running.metrics)
 
     yield start
     for runner in reversed(runners):
@@ -110,11 +104,6 @@ async def gateway(start_gateway: object, settings: Settings) -> Gateway:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def _url(runner: web.AppRunner) -> str:
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
 
 
 __all__ = ["Gateway", "replace"]

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 
 TOKEN = "test-token-0123456789abcdef"
 LOG_LINES: list[str] = []

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.bodies import MAX_FORM_FIELDS, decode
 from gateway.errors import BadRequest, FieldError
+from gateway.intake.bodies import MAX_FORM_FIELDS, decode
 
 JSON = "application/json"
 TEXT = "text/plain"

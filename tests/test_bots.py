@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import bots, metrics
-from gateway.bots import BotScorer, Score
 from gateway.config import BotWeights, Settings
+from gateway.intake import bots
+from gateway.intake.bots import BotScorer, Score
+from gateway.intake.handlers import Intake
+from gateway.ops.metrics import Metrics
+from gateway.queue import Queue
 
 HOST = "shop.example.ru"
 SITE = f"https://{HOST}"
@@ -106,8 +109,14 @@ def test_each_signal_is_configurable(
     assert score(replace(DEFAULTS, **changes), **request_) == Score(points, signals, bot)
 
 
-def test_signal_names_are_the_metric_labels() -> None:
-    assert ("honeypot", *bots.SIGNALS) == metrics.BOT_SIGNALS
+async def test_every_signal_has_its_series_from_the_start() -> None:
+    """increase() sees the first firing only of a series that existed before it."""
+    registry = Metrics()
+    Intake(Settings(site_id="1"), cast(Queue, None), registry)
+    assert ("honeypot", *bots.SIGNALS) == bots.BOT_SIGNALS
+    for signal in bots.BOT_SIGNALS:
+        value = registry.registry.get_sample_value("ctgw_bot_signals_total", {"signal": signal})
+        assert value == 0.0, signal
 
 
 HEADERS = st.none() | st.text(max_size=60) | st.sampled_from([SITE, f"{SITE}/x", "null", "//x"])

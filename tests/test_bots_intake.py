@@ -11,10 +11,9 @@ import orjson
 import pytest
 
 from gateway.config import BotWeights, Settings
-from gateway.sandbox import SandboxThread
-
-from .support import TOKEN, Gateway, eventually, lead, sandbox_requests
-from .test_intake import jobs_in_queue, received
+from gateway.sandbox.server import SandboxThread
+from tests.support import TOKEN, Gateway, eventually, lead, sandbox_requests
+from tests.test_intake import jobs_in_queue, received
 
 SHOP = "https://shop.example.ru"  # an allowed origin: its answers carry CORS headers
 CHROME = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -1,4 +1,4 @@
-"""The Calltouch client: every answer classified, the register form, the pacer's stamp."""
+"""The Calltouch client and the register call: every answer classified, the form, the stamp."""
 
 from __future__ import annotations
 
@@ -11,28 +11,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import arrivals
-from gateway.calltouch import (
-    CalltouchClient,
+from gateway.calltouch.answers import (
     Delivered,
-    Outcome,
     Permanent,
     Retry,
-    classify,
+    Verdict,
+    http_failure,
     redact,
-    register_form,
-    trace_config,
 )
-from gateway.pacing import Slot
-from gateway.sandbox import LIMIT, NO_PARAMS
-
-from .support import sandbox_requests, spawn_sandbox
+from gateway.calltouch.client import Call, CalltouchClient, Reply, trace_config
+from gateway.kinds.lead import read_answer, register_form
+from gateway.relay.pacing import Pacer
+from gateway.sandbox import arrivals
+from gateway.sandbox.server import LIMIT, NO_PARAMS
+from tests.support import sandbox_requests, spawn_sandbox
 
 OK = b'{"requestId": 5222103, "subject": "x", "client": {"fio": "x"}}'
 
 
-def kind(outcome: Outcome) -> tuple[str, str]:
-    return type(outcome).__name__, outcome.outcome
+def classify(status: int, headers: dict[str, str], body: bytes) -> Verdict:
+    """A register answer as the relay reads it: HTTP first, then the lead kind's body check."""
+    return http_failure(status, headers, body) or read_answer(status, body)
+
+
+def kind(verdict: Verdict) -> tuple[str, str]:
+    return type(verdict).__name__, verdict.code
 
 
 @pytest.mark.parametrize(("status", "body", "expected"), [
@@ -62,7 +65,7 @@ def test_a_delivered_answer_keeps_calltouchs_request_id() -> None:
 
 def test_a_permanent_failure_keeps_its_reason() -> None:
     outcome = classify(200, {}, NO_PARAMS.encode())
-    assert isinstance(outcome, Permanent) and NO_PARAMS in outcome.reason
+    assert isinstance(outcome, Permanent) and NO_PARAMS in outcome.detail
     assert classify(400, {}, b'{"error": "bad siteId"}') == Permanent(
         "client_error", "HTTP 400: bad siteId")
 
@@ -119,12 +122,17 @@ def test_the_register_form_uses_calltouch_names() -> None:
 async def test_a_slot_is_stamped_no_earlier_than_its_request_reached_calltouch() -> None:
     """The pacer's window holds only if a stamp is never earlier than the write it stands for."""
     proc, url = spawn_sandbox("0,0")
-    slots = [Slot() for _ in range(LIMIT)]  # more in a second would be refused
+    pacer = Pacer(LIMIT)
+    slots = [await pacer.acquire() for _ in range(LIMIT)]  # more in a second would be refused
+    path = "/calls-service/RestAPI/requests/18990/register/"
     try:
         async with aiohttp.ClientSession(trace_configs=[trace_config()]) as session:
-            client = CalltouchClient(session, url, "18990", timeout=5.0)
+            client = CalltouchClient(session, url, timeout=5.0)
             for n, slot in enumerate(slots):
-                assert isinstance(await client.register({"subject": f"s{n}"}, slot), Delivered)
+                call = Call("POST", path, form={"subject": f"s{n}"})
+                reply = await client.send(call, slot.written)
+                assert isinstance(reply, Reply) and reply.status == 200, reply
+                assert isinstance(read_answer(reply.status, reply.body), Delivered)
             rows = await sandbox_requests(session, url)
     finally:
         proc.kill()

@@ -9,10 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.clients import ClientLimiter, client_ip
 from gateway.config import ClientRate, Settings
-
-from .support import lead
+from gateway.intake.clients import ClientLimiter, client_ip
+from tests.support import lead
 
 PROXY = (ipaddress.ip_network("10.0.0.0/8"),)
 

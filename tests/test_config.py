@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ClientRate, ConfigError, HostPort, Settings, from_env
-
-from .support import LOG_LINES
+from tests.support import LOG_LINES
 
 SITE = {"CTGW_SITE_ID": "18990"}
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.queue import State, open_queue
-
-from .support import Process, eventually, lead, sandbox_requests, spawn_gateway, spawn_sandbox
+from tests.support import Process, eventually, lead, sandbox_requests, spawn_gateway, spawn_sandbox
 
 
 def gateway_env(tmp_path: Path, sandbox_url: str) -> dict[str, str]:

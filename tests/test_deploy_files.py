@@ -251,7 +251,7 @@ def used_metric_names() -> set[str]:
 
 
 def exposed_metric_names() -> set[str]:
-    metrics = pytest.importorskip("gateway.metrics")
+    metrics = pytest.importorskip("gateway.ops.metrics")
     registry_module = pytest.importorskip("prometheus_client")
     registry = registry_module.CollectorRegistry()
     metrics.Metrics(registry)

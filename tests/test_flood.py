@@ -26,8 +26,7 @@ import pytest
 
 from bench import flood, junk
 from bench.pyload import percentiles
-
-from .support import (
+from tests.support import (
     TOKEN,
     Process,
     child_env,

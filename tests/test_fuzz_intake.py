@@ -34,9 +34,8 @@ from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.config import ClientRate, HostPort, Settings
-from gateway.leads import DATE_FORMAT
-
-from .support import TOKEN, Process, spawn_gateway, spawn_sandbox
+from gateway.kinds.lead import DATE_FORMAT
+from tests.support import TOKEN, Process, spawn_gateway, spawn_sandbox
 
 PATHS = ("/leads", "/api/v1/leads")
 SHOP = "https://shop.example.ru"

@@ -14,9 +14,8 @@ import pytest
 
 from gateway.app import QUEUE
 from gateway.config import Settings
-from gateway.sandbox import SandboxThread
-
-from .support import PII_SAMPLES, TOKEN, Gateway, eventually, lead, sandbox_requests
+from gateway.sandbox.server import SandboxThread
+from tests.support import PII_SAMPLES, TOKEN, Gateway, eventually, lead, sandbox_requests
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = "application/json"

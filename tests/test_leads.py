@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.errors import InvalidLead
-from gateway.leads import MAX_ELAPSED, Channel, validate
+from gateway.kinds.lead import MAX_ELAPSED, Channel, validate
 
 CONTACT = {"fio": "Иван Петров"}
 

@@ -17,8 +17,7 @@ import orjson
 import pytest
 
 from gateway.config import Settings
-
-from .support import Gateway, eventually, lead
+from tests.support import Gateway, eventually, lead
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -19,8 +19,7 @@ import aiohttp
 import pytest
 
 from gateway.config import ClientRate, Settings
-
-from .support import lead, need_binary
+from tests.support import lead, need_binary
 
 SNIPPET = Path(__file__).parent.parent / "deploy" / "nginx" / "ct-gateway.conf"
 NGINX_HOST, PROXY_FROM = "127.0.0.5", "127.0.0.2"

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from gateway.pacing import Pacer, backoff
-from gateway.sandbox import max_in_window
+from gateway.relay.gates import abandon
+from gateway.relay.pacing import Pacer, backoff
+from gateway.sandbox.server import max_in_window
 
 
 class FakeClock:
@@ -31,7 +32,7 @@ async def test_no_window_holds_more_than_the_rate() -> None:
     sent = []
     for _ in range(50):
         slot = await pacer.acquire()
-        slot.mark_sent(clock())
+        slot.written(clock())
         sent.append(clock())
     assert max_in_window(sent) == 5
     assert sent[-1] - sent[0] == pytest.approx(9.0)  # 50 at 5/s: the rate is not wasted
@@ -46,7 +47,7 @@ async def test_late_writes_push_later_grants() -> None:
     for _ in range(100):
         slot = await pacer.acquire()
         clock.now += rng.choice([0.0, 0.0, 0.3, 0.7])  # the loop was busy before writing
-        slot.mark_sent(clock())
+        slot.written(clock())
         written.append(clock())
     assert max_in_window(written) <= 5
 
@@ -59,31 +60,31 @@ async def test_grant_waits_for_the_oldest_write() -> None:
     third = asyncio.create_task(pacer.acquire())
     await asyncio.sleep(0)
     assert not third.done()  # the first request has not been written yet
-    first.mark_sent(clock())
+    first.written(clock())
     await third
     assert clock.now == pytest.approx(101.0)
 
 
-async def test_slot_context_marks_unsent_requests() -> None:
+async def test_an_abandoned_slot_frees_the_window() -> None:
+    """A call that is never made (nothing left to lease, a failed lease) holds nothing back."""
     clock = FakeClock()
     pacer = Pacer(1, margin=0.0, clock=clock, sleep=clock.sleep)
-    with pytest.raises(ConnectionError):
-        async with pacer.slot():
-            raise ConnectionError
+    abandon([await pacer.acquire()], clock())
     await asyncio.wait_for(pacer.acquire(), 1)
+    assert clock.now == pytest.approx(101.0)  # one window after the abandoned slot's stamp
 
 
 async def test_429_pauses_halves_and_recovers() -> None:
     clock = FakeClock()
     pacer = Pacer(5, margin=0.0, clock=clock, sleep=clock.sleep)
-    (await pacer.acquire()).mark_sent(clock())
+    (await pacer.acquire()).written(clock())
     pacer.rate_limited(retry_after=3.0)
     assert pacer.current == 2.5
     start = clock.now
-    (await pacer.acquire()).mark_sent(clock())
+    (await pacer.acquire()).written(clock())
     assert clock.now == pytest.approx(start + 3.0)  # Retry-After honoured
     before = clock.now
-    (await pacer.acquire()).mark_sent(clock())
+    (await pacer.acquire()).written(clock())
     assert clock.now - before == pytest.approx(1 / 2.5)  # slower for everyone
     for _ in range(10):
         pacer.succeeded()

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .support import (
+from tests.support import (
     Process,
     eventually,
     lead,
@@ -37,8 +37,8 @@ from .support import (
     spawn_gateway,
     spawn_sandbox,
 )
-from .test_deploy_files import ALERTS, alert_names, dashboard_exprs, graph_panels
-from .test_deploy_files import substitute_variables as grafana_variables_replaced
+from tests.test_deploy_files import ALERTS, alert_names, dashboard_exprs, graph_panels
+from tests.test_deploy_files import substitute_variables as grafana_variables_replaced
 
 pytestmark = pytest.mark.slow
 

@@ -3,34 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-import stat
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.queue import Put, PutResult, Queue, State, open_queue
-from gateway.queue.sqlite import SQLiteQueue
 
-BACKENDS = ["sqlite"]
 T0 = 1_700_000_000.0
 
 
-async def _open(backend: str, tmp_path: Path) -> Queue:
-    assert backend == "sqlite"
+async def _sqlite(tmp_path: Path) -> Queue:
     return await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
 
 
-@pytest.fixture(params=BACKENDS)
-async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queue]:
-    q = await _open(request.param, tmp_path)
+# Each backend's opener: called again with the same folder, it opens another connection to
+# the same store (as a second process would).
+BACKENDS: dict[str, Callable[[Path], Awaitable[Queue]]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Queue]]:
+    return lambda: BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+async def queue(opener: Callable[[], Awaitable[Queue]]) -> AsyncIterator[Queue]:
+    q = await opener()
     yield q
     await q.close()
 
 
 async def put(q: Queue, payload: bytes = b"{}", key: str | None = None,
-              kind: str = "lead", now: float = T0) -> PutResult:
-    [result] = await q.put_many([Put(kind, payload, key)], now)
+              kind: str = "lead", now: float = T0, site: str = "default") -> PutResult:
+    [result] = await q.put_many([Put(kind, payload, key, site)], now)
     return result
 
 
@@ -102,7 +109,7 @@ async def test_retry_delays_and_counts_attempts(queue: Queue) -> None:
         State.DELAYED, "retrying", 1, "HTTP 503",
     )
     assert await queue.lease("lead", 1, T0 + 9, 30) == []
-    assert await queue.next_visible_at("lead") == T0 + 10
+    assert await queue.wait_for_work("lead", 0.5)  # T0 + 10 is long past by the wall clock
     [again] = await queue.lease("lead", 1, T0 + 10, 30)
     assert again.attempts == 1
 
@@ -153,36 +160,17 @@ async def test_status_of_an_unknown_id_is_none(queue: Queue) -> None:
 
 async def test_puts_made_together_share_commits(queue: Queue) -> None:
     before = await queue.stats()
-    results = await asyncio.gather(*(queue.put(Put("lead", b"{}", f"k{i}")) for i in range(300)))
+    results = await asyncio.gather(
+        *(queue.put(Put("lead", b"{}", f"k{i}"), T0) for i in range(300))
+    )
     assert len({r.status.id for r in results}) == 300 and all(r.created for r in results)
-    again = await asyncio.gather(queue.put(Put("lead", b"{}", "k7")), queue.put(Put("lead", b"{}")))
+    again = await asyncio.gather(
+        queue.put(Put("lead", b"{}", "k7"), T0), queue.put(Put("lead", b"{}"), T0)
+    )
     assert (again[0].created, again[0].status.id) == (False, results[7].status.id)
     assert again[1].created
     after = await queue.stats()
     assert after.counts[State.READY] - before.counts[State.READY] == 301
-
-
-async def test_close_commits_what_was_put_and_refuses_the_rest(tmp_path: Path) -> None:
-    q = await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
-    pending = [q.put(Put("lead", b"{}", f"k{i}")) for i in range(20)]
-    await q.close()
-    assert all(r.created for r in await asyncio.gather(*pending))
-    with pytest.raises(ConnectionError):
-        await q.put(Put("lead", b"{}"))
-    reopened = await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
-    assert len(await reopened.lease("lead", 100, T0 + 1e9, 30)) == 20
-    await reopened.close()
-
-
-async def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
-    q = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
-    created = await put(q, b'{"a": 1}')
-    await q.close()
-    assert stat.S_IMODE((tmp_path / "q.db").stat().st_mode) == 0o600
-    reopened = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
-    [job] = await reopened.lease("lead", 1, T0, 30)
-    await reopened.close()
-    assert job.id == created.status.id and job.payload == b'{"a": 1}'
 
 
 async def settle(q: Queue, outcome: str, at: float, key: str | None = None) -> str:
@@ -278,3 +266,80 @@ async def test_a_job_settled_at_the_cutoff_is_kept(queue: Queue) -> None:
     assert (await queue.purge(T0 + 10, T0 + 10, 10)).delivered == 0
     status = await queue.status(done)
     assert status is not None and not status.purged
+
+
+async def test_one_batch_settled_three_ways(queue: Queue) -> None:
+    for n in range(3):
+        await put(queue, b'{"n": %d}' % n, key=f"k{n}", now=T0 + n)
+    delivered, retried, dead = await queue.lease("lead", 3, T0 + 5, 30)
+    assert await queue.ack(delivered, "7001", T0 + 6)
+    assert await queue.retry(retried, T0 + 60, "item refused for now", T0 + 6)
+    assert await queue.bury(dead, "item invalid", T0 + 6)
+    states = [await queue.status(job.id) for job in (delivered, retried, dead)]
+    assert [(s.state, s.attempts) for s in states if s] == [
+        (State.DELIVERED, 1), (State.DELAYED, 1), (State.DEAD, 1),
+    ]
+    stats = await queue.stats()
+    assert (stats.counts[State.DELIVERED], stats.counts[State.DELAYED],
+            stats.counts[State.DEAD], stats.counts[State.LEASED]) == (1, 1, 1, 0)
+    [again] = await queue.lease("lead", 3, T0 + 60, 30)
+    assert again.id == retried.id
+
+
+async def test_defer_counts_no_attempt(queue: Queue) -> None:
+    await put(queue)
+    [job] = await queue.lease("lead", 1, T0, 30)
+    assert await queue.defer(job, T0 + 3600)
+    status = await queue.status(job.id)
+    assert status is not None
+    assert (status.state, status.attempts, status.public_status) == (State.DELAYED, 0, "queued")
+    assert await queue.lease("lead", 1, T0 + 3599, 30) == []
+    [again] = await queue.lease("lead", 1, T0 + 3600, 30)
+    assert again.id == job.id and again.attempts == 0
+    assert not await queue.defer(job, T0 + 7200)  # the older lease no longer holds it
+
+
+async def test_the_same_dedup_key_on_two_sites_is_two_jobs(queue: Queue) -> None:
+    a = await put(queue, b'{"site": "a"}', key="req-1", site="a")
+    b = await put(queue, b'{"site": "b"}', key="req-1", site="b")
+    again = await put(queue, b"{}", key="req-1", site="a")
+    assert a.created and b.created and a.status.id != b.status.id
+    assert not again.created and again.status.id == a.status.id
+    [job_b] = await queue.lease("lead", 10, T0, 30, site="b")
+    assert (job_b.id, job_b.site, job_b.payload) == (b.status.id, "b", b'{"site": "b"}')
+    [job_a] = await queue.lease("lead", 10, T0, 30)
+    assert (job_a.id, job_a.site) == (a.status.id, "a")
+
+
+async def test_wait_for_work_times_out_without_work(queue: Queue) -> None:
+    assert not await queue.wait_for_work("lead", 0.2)
+    await put(queue, kind="comment")
+    assert not await queue.wait_for_work("lead", 0.2)  # another kind's work is not this one's
+    assert await queue.wait_for_work("comment", 0.2)
+
+
+async def test_wait_for_work_wakes_on_a_put_made_through_another_connection(
+    queue: Queue, opener: Callable[[], Awaitable[Queue]]
+) -> None:
+    other = await opener()
+    try:
+        waiting = asyncio.create_task(queue.wait_for_work("lead", 30))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await other.put(Put("lead", b"{}", "from-afar"), time.time())
+        assert await asyncio.wait_for(waiting, 5)  # long before the 30 s timeout
+    finally:
+        await other.close()
+
+
+async def test_wait_for_work_wakes_on_a_put_made_here_at_once(queue: Queue) -> None:
+    waiting = asyncio.create_task(queue.wait_for_work("lead", 30))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await queue.put(Put("lead", b"{}"), time.time())
+    assert await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 0.5  # woken, not found by a poll
+
+
+async def test_ping_answers_while_open(queue: Queue) -> None:
+    await queue.ping()

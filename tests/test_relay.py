@@ -15,15 +15,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.calltouch import Outcome
+from gateway.calltouch.answers import Verdict
+from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.config import Settings
-from gateway.metrics import Metrics
-from gateway.pacing import Pacer, Slot
+from gateway.ops.metrics import Metrics
 from gateway.queue import Job, Put, State
 from gateway.queue.sqlite import SQLiteQueue
-from gateway.relay import Relay
-
-from .support import (
+from gateway.relay.pacing import Pacer
+from gateway.relay.relay import Relay
+from tests.support import (
     TOKEN,
     Gateway,
     child_env,
@@ -263,7 +263,15 @@ async def test_a_stop_during_a_lease_gives_the_leased_jobs_back(tmp_path: Path) 
         return jobs
 
     queue.lease = slow_answer  # type: ignore[method-assign]
-    relay = Relay(queue, Pacer(5.0), [_NeverSends()], Metrics(), concurrency=1)
+    async with aiohttp.ClientSession() as session:
+        client = CalltouchClient(session, "http://127.0.0.1:9", timeout=1.0)
+        relay = Relay(queue, client, [_NeverSends()], [Pacer(5.0)], Metrics(), concurrency=1)
+        await _stop_during_lease(queue, relay, leased, answer)
+
+
+async def _stop_during_lease(
+    queue: SQLiteQueue, relay: Relay, leased: asyncio.Event, answer: asyncio.Event
+) -> None:
     relay.start()
     await asyncio.wait_for(leased.wait(), timeout=5)
     stopping = asyncio.create_task(relay.stop(grace=1.0))
@@ -281,5 +289,8 @@ async def test_a_stop_during_a_lease_gives_the_leased_jobs_back(tmp_path: Path) 
 class _NeverSends:
     kind, method, batch = "lead", "register", 1
 
-    async def send(self, jobs: Sequence[Job], slot: Slot) -> Outcome:
+    def call(self, jobs: Sequence[Job]) -> Call:
         raise AssertionError("a stopped relay sent a job")
+
+    def read(self, reply: Reply, jobs: Sequence[Job]) -> list[Verdict]:
+        raise AssertionError("a stopped relay read an answer")

@@ -19,13 +19,12 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway import leads
-from gateway.metrics import Metrics
+from gateway.kinds import lead as leads
+from gateway.ops.metrics import Metrics
+from gateway.ops.retention import Retention, interval
 from gateway.queue import Put, State
 from gateway.queue.sqlite import SQLiteQueue
-from gateway.retention import Retention, interval
-
-from .support import TOKEN, Process, child_env, eventually, spawn_gateway, spawn_sandbox
+from tests.support import TOKEN, Process, child_env, eventually, spawn_gateway, spawn_sandbox
 
 T0 = 1_700_000_000.0
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -219,7 +218,7 @@ async def test_retention_purges_each_state_after_its_own_period(
     assert (purged("delivered"), purged("dead")) == (3.0, 2.0)
     assert left_in_files(db, values_of("x", 2)) == []
     assert left_in_files(db, values_of("p", 1)) == values_of("p", 1)
-    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.retention"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.ops.retention"]
     assert logged == ["retention purged delivered=3 dead=0", "retention purged delivered=0 dead=2"]
 
 
@@ -239,7 +238,7 @@ async def test_a_store_error_is_logged_and_retried_not_fatal(
 
     def failures() -> list[str]:
         return [r.getMessage() for r in caplog.records
-                if r.name == "gateway.retention" and r.levelno == logging.ERROR]
+                if r.name == "gateway.ops.retention" and r.levelno == logging.ERROR]
 
     async def failed_twice() -> bool:
         return len(failures()) >= 2

@@ -11,10 +11,9 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from gateway import arrivals
-from gateway.sandbox import LIMIT, REGISTER, SandboxState
-
-from .support import sandbox_requests, spawn_sandbox
+from gateway.sandbox import arrivals
+from gateway.sandbox.server import LIMIT, REGISTER, SandboxState
+from tests.support import sandbox_requests, spawn_sandbox
 
 STALL = 0.3
 

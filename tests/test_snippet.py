@@ -11,9 +11,8 @@ import aiohttp
 import pytest
 
 from gateway.config import ClientRate, Settings
-from gateway.snippet import MOD_ID_SLOT, render, static_text
-
-from .support import Gateway, eventually, lead, post_lead, sandbox_requests
+from gateway.intake.snippet import MOD_ID_SLOT, render, static_text
+from tests.support import Gateway, eventually, lead, post_lead, sandbox_requests
 
 SIZE_BUDGET = 2048  # bytes, gzipped, as served
 

@@ -21,9 +21,8 @@ from aiohttp import web
 
 from gateway.app import SETTINGS
 from gateway.config import BotWeights, ClientRate, Settings, parse_networks
-from gateway.sandbox import SandboxThread
-
-from .support import Gateway, eventually, need_binary, sandbox_requests
+from gateway.sandbox.server import SandboxThread
+from tests.support import Gateway, eventually, need_binary, sandbox_requests
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, ConsoleMessage, Page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.queue import Put, QueueError
-from gateway.queue import sqlite as backend
+from gateway.queue import Put, QueueError, State, open_queue
+from gateway.queue import sqlite_sql as backend
 from gateway.queue.sqlite import SQLiteQueue
+from gateway.queue.sqlite_schema import CHECKPOINT_PAGES, VERSION
+
+T0 = 1_700_000_000.0
 
 
 async def test_a_write_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: Path) -> None:
@@ -46,15 +50,16 @@ async def test_concurrent_puts_share_inserts(
     sizes: list[int] = []
     insert = backend._insert_rows
 
-    def counted(conn: sqlite3.Connection, ids: Sequence[str], items: Sequence[Put],
-                now: float) -> int:
-        sizes.append(len(items))
-        return insert(conn, ids, items, now)
+    def counted(conn: sqlite3.Connection, rows: Sequence[backend.Row]) -> int:
+        sizes.append(len(rows))
+        return insert(conn, rows)
 
     monkeypatch.setattr(backend, "_insert_rows", counted)
     queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
     try:
-        await asyncio.gather(*(queue.put(Put("lead", b"{}", f"k{i}")) for i in range(300)))
+        await asyncio.gather(
+            *(queue.put(Put("lead", b"{}", f"k{i}"), time.time()) for i in range(300))
+        )
     finally:
         await queue.close()
     assert sum(sizes) == 300 and len(sizes) < 300 / 4, sizes
@@ -70,11 +75,13 @@ async def test_a_failed_commit_is_a_queue_error_for_each_put(
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(backend, "_insert_rows", full)
-        outcomes = await asyncio.gather(*(queue.put(Put("lead", b"{}")) for _ in range(5)),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(queue.put(Put("lead", b"{}"), time.time()) for _ in range(5)),
+            return_exceptions=True,
+        )
         assert all(isinstance(o, QueueError) for o in outcomes), outcomes
         monkeypatch.setattr(backend, "_insert_rows", insert)
-        assert (await queue.put(Put("lead", b"{}"))).created
+        assert (await queue.put(Put("lead", b"{}"), time.time())).created
     finally:
         await queue.close()
 
@@ -100,4 +107,91 @@ async def test_the_wal_is_checkpointed_at_its_size_and_then_reused(tmp_path: Pat
         await queue.close()
     assert max(sizes) > 2_000 * frame  # not checkpointed at SQLite's default of 1,000 pages
     # ...but once past the limit, and the file reused from its start: no unbounded growth
-    assert max(sizes) < (backend.CHECKPOINT_PAGES + 1_100) * frame
+    assert max(sizes) < (CHECKPOINT_PAGES + 1_100) * frame
+
+
+async def test_close_commits_what_was_put_and_refuses_the_rest(tmp_path: Path) -> None:
+    q = await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    pending = [asyncio.create_task(q.put(Put("lead", b"{}", f"k{i}"), T0)) for i in range(20)]
+    await asyncio.sleep(0)  # every put handed to the writer, none committed yet
+    await q.close()
+    assert all(r.created for r in await asyncio.gather(*pending))
+    with pytest.raises(ConnectionError):
+        await q.put(Put("lead", b"{}"), T0)
+    reopened = await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    assert len(await reopened.lease("lead", 100, T0 + 1e9, 30)) == 20
+    await reopened.close()
+
+
+async def test_sqlite_survives_reopen_and_is_private(tmp_path: Path) -> None:
+    q = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    [created] = await q.put_many([Put("lead", b'{"a": 1}')], T0)
+    await q.close()
+    assert stat.S_IMODE((tmp_path / "q.db").stat().st_mode) == 0o600
+    reopened = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    [job] = await reopened.lease("lead", 1, T0, 30)
+    await reopened.close()
+    assert job.id == created.status.id and job.payload == b'{"a": 1}'
+
+
+# The schema of the release before sites and kept counts: user_version 0, no site column.
+_SCHEMA_V1 = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, payload BLOB,
+    dedup_key TEXT, created_at REAL NOT NULL, visible_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, lease INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    upstream_id TEXT, done_at REAL
+);
+CREATE UNIQUE INDEX jobs_dedup ON jobs (kind, dedup_key) WHERE dedup_key IS NOT NULL;
+INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at)
+    VALUES ('a', 'lead', 'ready', x'7b7d', 'req-1', 1.0, 1.0),
+           ('b', 'lead', 'dead', x'7b7d', 'req-2', 1.0, 1.0),
+           ('c', 'lead', 'delivered', NULL, 'req-3', 1.0, 1.0);
+"""
+
+
+async def test_a_store_of_the_release_before_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    old = sqlite3.connect(db)
+    old.executescript(_SCHEMA_V1)
+    old.close()
+    queue = await SQLiteQueue.open(f"sqlite:///{db}")
+    try:
+        stats = await queue.stats()
+        assert (stats.counts[State.READY], stats.counts[State.DEAD],
+                stats.counts[State.DELIVERED]) == (1, 1, 1)
+        again = await queue.put(Put("lead", b"{}", "req-1"), T0)
+        assert not again.created and again.status.id == "a"  # its dedup key kept, as 'default'
+        [job] = await queue.lease("lead", 5, T0, 30)
+        assert (job.id, job.site) == ("a", "default")
+    finally:
+        await queue.close()
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    check.close()
+
+
+async def test_a_store_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    newer = sqlite3.connect(db)
+    newer.execute(f"PRAGMA user_version={VERSION + 1}")
+    newer.close()
+    with pytest.raises(QueueError, match="newer"):
+        await SQLiteQueue.open(f"sqlite:///{db}")
+
+
+async def test_stats_read_kept_counts_not_the_table(tmp_path: Path) -> None:
+    """The counts come from job_counts: a row changed behind the triggers' back shows it."""
+    queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        await queue.put_many([Put("lead", b"{}", f"k{i}") for i in range(5)], T0)
+        [job] = await queue.lease("lead", 1, T0, 30)
+        await queue.ack(job, "1", T0)
+        counts = (await queue.stats()).counts
+        assert (counts[State.READY], counts[State.DELIVERED]) == (4, 1)
+        raw = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+        raw.execute("UPDATE job_counts SET n = 1000 WHERE state = 'ready'")
+        raw.close()
+        assert (await queue.stats()).counts[State.READY] == 1000
+    finally:
+        await queue.close()

@@ -10,8 +10,7 @@ import aiohttp
 import orjson
 
 from gateway.config import Settings
-
-from .support import LOG_LINES, PII_SAMPLES, TOKEN, eventually, lead, post_lead, sandbox_config
+from tests.support import LOG_LINES, PII_SAMPLES, TOKEN, eventually, lead, post_lead, sandbox_config
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 _PHONE = re.compile(r"(?<!\d)[78]\d{10}(?!\d)")

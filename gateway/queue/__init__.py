@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import PENDING, Job, Purged, Put, PutResult, Queue, QueueError, State, Stats, Status
+from gateway.queue.base import (
+    DEFAULT_SITE,
+    PENDING,
+    Job,
+    Purged,
+    Put,
+    PutResult,
+    Queue,
+    QueueError,
+    State,
+    Stats,
+    Status,
+)
 
 
 async def open_queue(url: str) -> Queue:
-    """Open the backend that ``url`` names (``sqlite:///…``; ``redis://`` comes later)."""
+    """Open the backend that ``url`` names (``sqlite:///…``)."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from .sqlite import SQLiteQueue
@@ -18,6 +30,7 @@ async def open_queue(url: str) -> Queue:
 
 
 __all__ = [
+    "DEFAULT_SITE",
     "PENDING",
     "Job",
     "Purged",

@@ -3,13 +3,14 @@
 A job moves ``ready → leased → delivered``; a failed send moves it to ``delayed`` (retry at a
 time) or ``dead``; a lease that is not acked in time expires and the job is leased again. A
 job's ``lease`` number changes with every lease, so an answer from an expired lease cannot
-overwrite the outcome of a newer one. A settled job's payload (the lead, with all its personal
-data) is purged after its retention; its status stays.
+overwrite the settlement of a newer one. Jobs belong to a site: dedup keys are per site and
+kind. A settled job's payload (the lead, with all its personal data) is purged after its
+retention; its status stays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -28,6 +29,7 @@ class State(StrEnum):
 
 
 PENDING = (State.READY, State.LEASED, State.DELAYED)
+DEFAULT_SITE = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class Job:
     created_at: float
     attempts: int
     lease: int
+    site: str = DEFAULT_SITE
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, five times the
@@ -49,6 +52,7 @@ class Put:
     kind: str
     payload: bytes
     dedup_key: str | None = None
+    site: str = DEFAULT_SITE
 
 
 @dataclass(slots=True)
@@ -90,7 +94,8 @@ class PutResult:
 
 @dataclass(frozen=True, slots=True)
 class Purged:
-    """What a purge removed; ``flushed`` is ``False`` while old copies may remain on disk."""
+    """What a purge removed; ``flushed`` is ``False`` while the store's files may still hold
+    copies of purged payloads (a later purge removes them)."""
 
     delivered: int = 0
     dead: int = 0
@@ -104,23 +109,27 @@ class Stats:
 
 
 class Queue(Protocol):
-    def put(self, item: Put) -> Awaitable[PutResult]:
-        """Commit durably (fsync) before the result; dedup on ``(kind, dedup_key)``.
-
-        Puts made while a commit is under way share the next one (group commit).
-        """
+    async def put(self, item: Put, now: float) -> PutResult:
+        """Commit durably before the result; dedup on ``(site, kind, dedup_key)``."""
 
     async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
-        """Commit durably (fsync) before returning; dedup on ``(kind, dedup_key)``."""
+        """Commit all durably before returning; dedup as :meth:`put`, within the batch too."""
 
-    async def lease(self, kind: str, limit: int, now: float, visibility: float) -> list[Job]:
-        """Take up to ``limit`` visible jobs, oldest first, invisible until ``now + visibility``."""
+    async def lease(
+        self, kind: str, limit: int, now: float, visibility: float, site: str | None = None
+    ) -> list[Job]:
+        """Take up to ``limit`` visible jobs (of ``site``, or any), oldest first, invisible
+        until ``now + visibility``."""
 
     async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
         """Mark delivered; ``False`` when the lease was lost."""
 
     async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
         """Make the job visible again at ``at``, counting the attempt."""
+
+    async def defer(self, job: Job, until: float) -> bool:
+        """Make the job visible again at ``until`` without counting an attempt (a budget or a
+        pause held it back; it was not sent)."""
 
     async def release(self, job: Job) -> bool:
         """Give a lease back unsent (shutdown): visible at once, no attempt counted."""
@@ -142,13 +151,18 @@ class Queue(Protocol):
         """Drop the payload of delivered jobs settled before ``delivered_before`` and of dead
         jobs settled before ``dead_before``; status and dedup key stay.
 
-        Works in transactions of at most ``limit`` jobs, letting other writes in between. When
-        it returns with ``flushed``, no copy of a purged payload is left in the store's files;
-        otherwise a later purge finishes that.
+        Works in transactions of at most ``limit`` jobs, letting other writes in between.
         """
 
-    async def next_visible_at(self, kind: str) -> float | None: ...
+    async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
+        """Wait until a job of ``kind`` (of ``site``, or any) is visible; ``False`` after
+        ``timeout`` seconds without one. Work that other processes queue wakes it too."""
 
-    async def stats(self) -> Stats: ...
+    async def stats(self) -> Stats:
+        """Jobs by state and the oldest pending one's age, at a cost that does not grow with
+        the number of jobs."""
+
+    async def ping(self) -> None:
+        """Raise :class:`QueueError` unless the store answers now."""
 
     async def close(self) -> None: ...

@@ -5,8 +5,6 @@ takes everything that is waiting, commits all the waiting puts together (one sta
 fsync: group commit) and hands their results to the loop at once, then runs the other calls
 one by one and hands theirs over in a second call into the loop. No task on the loop gathers
 batches or relays results: a put costs the loop one append and its answer one wake-up.
-Measured against a gathering task in front of a thread pool, this halved the time a lead
-waits for its commit at 1,000 leads/s.
 """
 
 from __future__ import annotations
@@ -32,11 +30,11 @@ class _Call(NamedTuple):
     fn: Callable[[], Any]
 
 
-_Outcome = tuple[asyncio.Future[Any], BaseException | None, Any]
+_Settled = tuple[asyncio.Future[Any], BaseException | None, Any]
 
 
-def _settle(outcomes: list[_Outcome]) -> None:
-    for future, error, value in outcomes:
+def _settle(settled: list[_Settled]) -> None:
+    for future, error, value in settled:
         if future.done():  # its waiter was cancelled: the work is done all the same
             continue
         if error is None:
@@ -101,19 +99,19 @@ class Writer(Generic[Item, Result]):
             # and acks, each a transaction with its own fsync): puts are settled first.
             done = self._hand_over(self._commit_puts(puts)) if puts else True
             if done and calls:
-                done = self._hand_over([_outcome(c.future, c.fn) for c in calls])
+                done = self._hand_over([_run(c.future, c.fn) for c in calls])
             if not done or work[-1] is None:  # close() puts None last, and nothing after it
                 return
 
-    def _hand_over(self, outcomes: list[_Outcome]) -> bool:
-        """Settle ``outcomes`` on the loop; False once the loop is closed and nobody waits."""
+    def _hand_over(self, settled: list[_Settled]) -> bool:
+        """Settle ``settled`` on the loop; False once the loop is closed and nobody waits."""
         try:
-            self._loop.call_soon_threadsafe(_settle, outcomes)
+            self._loop.call_soon_threadsafe(_settle, settled)
         except RuntimeError:
             return False
         return True
 
-    def _commit_puts(self, puts: list[_Put]) -> list[_Outcome]:
+    def _commit_puts(self, puts: list[_Put]) -> list[_Settled]:
         try:
             results = self._commit([put.item for put in puts])
         except Exception as exc:  # every waiter hears of it; the thread goes on
@@ -121,7 +119,7 @@ class Writer(Generic[Item, Result]):
         return [(put.future, None, r) for put, r in zip(puts, results, strict=True)]
 
 
-def _outcome(future: asyncio.Future[Any], fn: Callable[[], Any]) -> _Outcome:
+def _run(future: asyncio.Future[Any], fn: Callable[[], Any]) -> _Settled:
     try:
         return future, None, fn()
     except Exception as exc:

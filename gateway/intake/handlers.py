@@ -11,28 +11,25 @@ import hmac
 import logging
 import time
 import zoneinfo
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from . import bodies, leads
-from .bots import BotScorer, origin_names_site
-from .clients import ClientLimiter, client_ip
-from .config import Settings
-from .errors import BadRequest, GatewayError, InvalidLead, Throttled
-from .ids import new_id
-from .listener import read_body
-from .metrics import BOT_SIGNALS, Metrics
-from .queue import Put, Queue, QueueError
+from gateway.config import Settings
+from gateway.errors import BadRequest, GatewayError, InvalidLead, Throttled
+from gateway.ids import new_id
+from gateway.intake import bodies
+from gateway.intake.bots import BOT_SIGNALS, BotScorer, origin_names_site
+from gateway.intake.clients import ClientLimiter, client_ip
+from gateway.intake.listener import read_body
+from gateway.kinds import lead as leads
+from gateway.ops.metrics import Metrics
+from gateway.queue import Queue, QueueError
 
 log = logging.getLogger(__name__)
 
-LEAD_KIND = "lead"
 Answer = tuple[web.Response, str]  # the response and its outcome label for the metrics
 
 
@@ -45,10 +42,8 @@ class Intake:
     settings: Settings
     queue: Queue
     metrics: Metrics
-    on_queued: Callable[[str], None]
     draining: bool = False
     _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
-    _date_cache: tuple[int, str] = field(default=(-1, ""), init=False, repr=False)
     _tokens: list[bytes] = field(init=False, repr=False)
     limiter: ClientLimiter = field(init=False, repr=False)
     _bots: BotScorer = field(init=False, repr=False)
@@ -61,13 +56,11 @@ class Intake:
         self._bots = BotScorer.from_settings(self.settings)
         self._signals = {s: self.metrics.bot_signals.labels(s) for s in BOT_SIGNALS}
 
-    # Plain functions handing back the coroutine: each coroutine layer on a lead's way costs it
-    # once on the way in and again when the commit resumes it.
-    def browser(self, request: web.Request) -> Awaitable[web.Response]:
-        return self._counted(request, "browser")
+    async def browser(self, request: web.Request) -> web.Response:
+        return await self._counted(request, "browser")
 
-    def api(self, request: web.Request) -> Awaitable[web.Response]:
-        return self._counted(request, "api")
+    async def api(self, request: web.Request) -> web.Response:
+        return await self._counted(request, "api")
 
     async def status(self, request: web.Request) -> web.Response:
         self._authorise(request)
@@ -137,16 +130,13 @@ class Intake:
         if self._is_bot(request, lead, channel, origin_named):
             # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
             return self._answer(new_id(), "queued", 202, "spam")
-        given_number = lead.request_number
-        fields = self._complete(lead)
         try:
-            result = await self.queue.put(Put(LEAD_KIND, orjson.dumps(fields), given_number))
+            result = await self.queue.put(leads.to_put(lead, self._tz), time.time())
         except (QueueError, ConnectionError):
             log.exception("queue unavailable: the lead was refused, not lost")
             raise BadRequest("queue_unavailable", "cannot store the lead now; retry", 503) from None
         if not result.created:
             return self._answer(result.status.id, result.status.public_status, 200, "duplicate")
-        self.on_queued(LEAD_KIND)
         return self._answer(result.status.id, "queued", 202, "accepted")
 
     def _is_bot(
@@ -169,22 +159,6 @@ class Intake:
             log.debug("bot lead not queued score=%d signals=%s",
                       score.points, ",".join(score.signals))
         return score.bot
-
-    def _complete(self, lead: leads.Lead) -> dict[str, Any]:
-        """Fix what must not change on a late delivery: the lead's time and its number."""
-        fields = dict(lead.fields)
-        if "requestNumber" not in fields:
-            fields["requestNumber"] = "ctgw-" + new_id()
-        if "requestDate" not in fields:
-            fields["requestDate"] = self._date(int(time.time()))
-        return fields
-
-    def _date(self, second: int) -> str:
-        # Leads of one second share the text: time zone arithmetic and strftime, done once.
-        if second != self._date_cache[0]:
-            text = datetime.fromtimestamp(second, self._tz).strftime(leads.DATE_FORMAT)
-            self._date_cache = (second, text)
-        return self._date_cache[1]
 
     @staticmethod
     def _answer(job_id: str, status: str, code: int, outcome: str) -> Answer:

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from .errors import BadRequest
+from gateway.errors import BadRequest
 
 JSON_TYPES = frozenset({"application/json", "text/plain"})
 FORM_TYPE = "application/x-www-form-urlencoded"

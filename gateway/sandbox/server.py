@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import arrivals
+from gateway.sandbox import arrivals
 
 REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
 NO_PARAMS = "Не возможно создать заявку - не указано ни одного входного параметра"

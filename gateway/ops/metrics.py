@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import (
@@ -18,9 +19,6 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .bots import SIGNALS
-
 CHANNELS = ("browser", "api")
 RECEIVED_OUTCOMES = ("accepted", "duplicate", "invalid", "rejected", "spam", "throttled")
 UPSTREAM_OUTCOMES = (
@@ -29,12 +27,18 @@ UPSTREAM_OUTCOMES = (
 )
 DEAD_REASONS = ("client_error", "invalid_answer", "expired")
 RETENTION_STATES = ("delivered", "dead")
-BOT_SIGNALS = ("honeypot", *SIGNALS)
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _UPSTREAM = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0)
 _DELIVERY = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 _WAIT = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ct-gateway")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 class Metrics:
@@ -43,7 +47,7 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)
         Info("ctgw_build", "Version of the running gateway.", registry=r).info(
-            {"version": __version__}
+            {"version": _version()}
         )
         self.received = LoopCounter(
             "ctgw_leads_received", "Leads posted to the gateway, by channel and outcome.",
@@ -116,8 +120,6 @@ class Metrics:
             self.dead.labels(reason)
         for state in RETENTION_STATES:
             self.retention_purged.labels(state)
-        for signal in BOT_SIGNALS:
-            self.bot_signals.labels(signal)
 
 
 class QueueCollector(Collector):

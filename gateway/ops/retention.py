@@ -12,8 +12,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .metrics import Metrics
-from .queue import Purged, Queue
+from gateway.ops.metrics import Metrics
+from gateway.queue import Purged, Queue
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,12 @@
 """When a request reached a socket, by the kernel's clock rather than the event loop's.
 
 The sandbox counts arrivals in sliding 1 s windows, as Calltouch does. A time taken in the
-handler is late by however long the sandbox waited for a CPU: up to 8.6 ms here with four
-busy processes on two cores, and a CI run counted six requests, written 1.03 s apart, in one
-second. Linux stamps every received segment (``SO_TIMESTAMPNS``); an accepted
-socket inherits the option from its listener, and :class:`StampedConnection` reads the stamp
-together with the data (asyncio's selector loop reads a stream protocol's socket with
-``recv``; uvloop, or a buffered protocol, would bypass it). Where no stamp is kept, callers use
-their own clock.
+handler is late by however long the sandbox waited for a CPU, so on a busy machine requests
+written a full window apart can be counted in one second. Linux stamps every received segment
+(``SO_TIMESTAMPNS``); an accepted socket inherits the option from its listener, and
+:class:`StampedConnection` reads the stamp together with the data (asyncio's selector loop
+reads a stream protocol's socket with ``recv``; uvloop, or a buffered protocol, would bypass
+it). Where no stamp is kept, callers use their own clock.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ def _wall_lead() -> float:
     """How far the wall clock is ahead of the monotonic one.
 
     Read between two monotonic reads, the tightest of a few: a thread preempted between two
-    clock reads would otherwise shift the result by as long as it waited (ms, under load).
+    clock reads would otherwise shift the result by as long as it waited.
     """
     span, lead = float("inf"), 0.0
     for _ in range(5):

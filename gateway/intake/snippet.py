@@ -24,7 +24,7 @@ DEMO_LEADS = 20
 
 @functools.cache
 def static_text(name: str) -> str:
-    return resources.files("gateway").joinpath("static", name).read_text("utf-8")
+    return resources.files("gateway.static").joinpath(name).read_text("utf-8")
 
 
 def render(source: str, mod_id: str | None) -> bytes:

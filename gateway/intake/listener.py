@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import Settings
-from .errors import BadRequest, ClientGone, SlowClient
-from .logs import ClientErrors
-from .metrics import Metrics
-from .web import error_body
+from gateway.config import Settings
+from gateway.errors import BadRequest, ClientGone, SlowClient
+from gateway.intake.edge import error_body
+from gateway.ops.logs import ClientErrors
+from gateway.ops.metrics import Metrics
 
 _BODY = error_body("too_many_connections", [{
     "field": None, "code": "too_many_connections", "message": "the gateway is busy; retry",
@@ -50,8 +50,8 @@ def handler_args(settings: Settings) -> dict[str, object]:
     return {
         "keepalive_timeout": settings.header_timeout,
         # Lines as nginx's default buffers take them. aiohttp's default of 128 headers stays:
-        # with a cap of 40 the flood test's RSS grew 64 MiB against 25 (refused heads take
-        # aiohttp's error path, where exceptions keep them in reference cycles a while).
+        # a lower cap refuses more heads under a flood, and a refused head takes aiohttp's error
+        # path, where exceptions keep it in reference cycles a while, so memory grows.
         "max_field_size": 8190,
         "max_line_size": 8190,
         "logger": _protocol_log,

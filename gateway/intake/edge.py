@@ -9,12 +9,10 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .errors import GatewayError
-from .metrics import Metrics, RequestStats
+from gateway.errors import GatewayError
+from gateway.ops.metrics import RequestStats
 
 log = logging.getLogger(__name__)
-
-METRICS = web.AppKey("metrics", Metrics)
 
 _HTTP_CODES = {
     400: "bad_request",

@@ -2,14 +2,13 @@
 
 A token bucket paces *grants*; but a grant is not an arrival. When the event loop is busy,
 requests granted 200 ms apart leave bunched, and Calltouch counts six in one second. So the
-pacer remembers when each request was actually written (aiohttp's ``on_request_chunk_sent``)
-and grants request *k* only after request *k - n* was written at least one window ago. A
-request is written after its grant, and its stamp is taken no earlier than its write, so
-``written[k] - written[k - n] >= window`` always holds: no window ever holds more than ``n``
-requests, whatever the loop does in between.
+pacer remembers when each request was actually written and grants request *k* only after
+request *k - n* was written at least one window ago. A request is written after its grant, and
+its stamp is taken no earlier than its write, so ``written[k] - written[k - n] >= window``
+always holds: no window ever holds more than ``n`` requests, whatever the loop does between.
 
 After a 429 the pacer pauses for ``Retry-After`` (or a second), halves its rate for everyone,
-and climbs back additively while answers are good.
+and climbs back additively while calls are answered.
 """
 
 from __future__ import annotations
@@ -18,34 +17,46 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+
+from gateway.calltouch.answers import Retry
+from gateway.calltouch.client import Reply
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
 class Slot:
-    """One granted request; :meth:`mark_sent` stamps it once its bytes are written."""
+    """One granted request: a :class:`~gateway.relay.gates.Ticket` of the pacer."""
 
-    __slots__ = ("_event", "sent_at")
+    __slots__ = ("_event", "_pacer", "sent_at")
 
-    def __init__(self) -> None:
+    def __init__(self, pacer: Pacer) -> None:
         self.sent_at: float | None = None
+        self._pacer = pacer
         self._event = asyncio.Event()
 
-    def mark_sent(self, at: float) -> None:
+    def written(self, at: float) -> None:
         if self.sent_at is None:
             self.sent_at = at
             self._event.set()
 
-    async def wait_sent(self) -> float:
+    def answered(self, reply: Reply) -> None:
+        failure = reply.failure
+        if isinstance(failure, Retry) and failure.code == "rate_limited":
+            self._pacer.rate_limited(failure.retry_after)
+        elif failure is None:  # a 2xx: Calltouch took the call, whatever its items say
+            self._pacer.succeeded()
+
+    async def wait_written(self) -> float:
         await self._event.wait()
         assert self.sent_at is not None
         return self.sent_at
 
 
 class Pacer:
+    """At most ``rate`` calls in every sliding second (plus ``margin``), as a gate."""
+
     def __init__(
         self,
         rate: float,
@@ -68,27 +79,21 @@ class Pacer:
         self._paused_until = -math.inf
         self._last_grant = -math.inf
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Wait for a slot; a request that never wrote its headers counts as sent at exit."""
-        slot = await self.acquire()
-        try:
-            yield slot
-        finally:
-            slot.mark_sent(self._clock())
+    async def admit(self, kind: str) -> Slot:
+        return await self.acquire()
 
     async def acquire(self) -> Slot:
         async with self._lock:
             while (delay := await self._delay()) > 0:
                 await self._sleep(delay)
-            slot = Slot()
+            slot = Slot(self)
             self._slots.append(slot)
             self._last_grant = self._clock()
             return slot
 
     async def _delay(self) -> float:
         if len(self._slots) == self.count:
-            oldest = await self._slots[0].wait_sent()
+            oldest = await self._slots[0].wait_written()
             window_free = oldest + self.window
         else:
             window_free = -math.inf

@@ -1,0 +1,1 @@
+"""The HTTP client for every Calltouch endpoint, and what its answers mean."""

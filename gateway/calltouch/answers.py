@@ -1,0 +1,95 @@
+"""What an upstream answer means for the jobs it carried (DESIGN.md, principle 5).
+
+Every job of a call ends its attempt with one :data:`Verdict`:
+
+* :class:`Delivered` — Calltouch took it (and named it: ``upstream_id``);
+* :class:`Retry` — 429, 408, 5xx, a timeout, a connection error, or an item error that may pass
+  later: send it again after a backoff;
+* :class:`Permanent` — any other 4xx, or an answer that says the item is wrong: dead-letter it.
+
+:func:`http_failure` reads what the HTTP layer alone can tell; a 2xx body is each kind's to read.
+A verdict's ``code`` is a stable, bounded name: it is the metric label of the answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+import orjson
+
+_PII = re.compile(r"[^\s@]+@[^\s@]+|\+?\d[\d\s()\-]{4,}\d")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    upstream_id: str
+    code: str = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    code: str
+    detail: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    code: str
+    detail: str
+
+
+Verdict = Delivered | Retry | Permanent
+
+
+def redact(text: str, limit: int = 160) -> str:
+    """Keep an upstream message readable but free of e-mails and phone-like digit runs."""
+    return _PII.sub("***", " ".join(text.split()))[:limit]
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from delay-seconds or an HTTP-date (RFC 9110), within [0, 1 h]."""
+    value = headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), 3600.0) if math.isfinite(seconds) else None
+
+
+def error_text(body: bytes) -> str:
+    """The message of an error body: JSON's ``message``/``error``/``errorMessage``, or the text."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if not isinstance(data, dict):
+        return str(data)
+    for key in ("message", "error", "errorMessage"):
+        if isinstance(data.get(key), str):
+            return str(data[key])
+    inner = data.get("data") if isinstance(data.get("data"), dict) else {}
+    return orjson.dumps(inner or data).decode()
+
+
+def http_failure(status: int, headers: Mapping[str, str], body: bytes) -> Retry | Permanent | None:
+    """The verdict for every job of a call that HTTP alone decides; ``None`` for a 2xx."""
+    if 200 <= status < 300:
+        return None
+    if status == 429:
+        return Retry("rate_limited", "HTTP 429", retry_after(headers))
+    if status == 408 or status >= 500:
+        return Retry("server_error", f"HTTP {status}", retry_after(headers))
+    return Permanent("client_error", f"HTTP {status}: " + redact(error_text(body)))

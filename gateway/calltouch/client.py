@@ -1,0 +1,93 @@
+"""One HTTP layer for every Calltouch method: send a :class:`Call`, get a :class:`Reply`.
+
+The client knows HTTP, not the relay: it reports the moment a call's bytes were written through
+the ``on_written`` callback it is given, and classifies statuses, timeouts and ``Retry-After``
+generically (:func:`~gateway.calltouch.answers.http_failure`). What a 2xx body means is each
+kind's to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import aiohttp
+
+from gateway.calltouch.answers import Permanent, Retry, http_failure
+
+OnWritten = Callable[[float], None]
+_MAX_ANSWER = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request: ``form`` goes as a urlencoded body, ``json`` as a JSON one, else none."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    form: Mapping[str, str] | None = None
+    json: object = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What came back: ``failure`` is set when HTTP alone decides every job's verdict."""
+
+    status: int | None  # None: no answer at all (timeout, connection error)
+    body: bytes
+    failure: Retry | Permanent | None
+
+
+async def _on_body_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
+) -> None:
+    on_written = (ctx.trace_request_ctx or {}).get("on_written")
+    if on_written is not None:
+        asyncio.get_running_loop().call_soon(_stamp, on_written)
+
+
+def _stamp(on_written: OnWritten) -> None:
+    on_written(time.monotonic())
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    """Reports each request's write to its ``on_written`` callback, just after the write.
+
+    ``on_request_headers_sent`` fires when the headers are only buffered; they leave with the
+    body. So the first body chunk is the moment Calltouch's clock can start. The hook runs just
+    before that write, in the same step of the task; the stamp is taken on the loop's next
+    turn, after it, so a stamp is never earlier than the write it stands for.
+    """
+    config = aiohttp.TraceConfig()
+    config.on_request_chunk_sent.append(_on_body_sent)
+    return config
+
+
+class CalltouchClient:
+    """Sends calls on a session made with :func:`trace_config` among its traces."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout: float) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
+
+    async def send(self, call: Call, on_written: OnWritten) -> Reply:
+        """Send ``call``; ``on_written`` may be called several times (a body of many chunks)."""
+        try:
+            async with self._session.request(
+                call.method, self._base + call.path,
+                params=call.query or None, data=call.form, json=call.json,
+                headers=call.headers or None, timeout=self._timeout,
+                trace_request_ctx={"on_written": on_written},
+            ) as resp:
+                body = await resp.content.read(_MAX_ANSWER)
+                return Reply(resp.status, body, http_failure(resp.status, resp.headers, body))
+        except TimeoutError:
+            return Reply(None, b"", Retry("timeout", "timed out"))
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            return Reply(None, b"", Retry("network_error", type(exc).__name__))

@@ -1,0 +1,1 @@
+"""The public listener's side: connections, body decoding, bot scores, client limits, handlers."""

@@ -1,0 +1,1 @@
+"""What SREs see and what keeps the store tidy: metrics, logs, retention, the ops listener."""

@@ -1,0 +1,190 @@
+"""The SQLite store's statements, as plain functions of a connection (no threads, no loop).
+
+:class:`~gateway.queue.sqlite.SQLiteQueue` runs the writing ones on its writer thread, inside a
+transaction where they need one, and the reading ones on its reader thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from gateway.queue.base import Job, Put, PutResult, State, Stats, Status
+from gateway.queue.sqlite_schema import BUSY_MS, PENDING_SQL
+
+T = TypeVar("T")
+Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
+
+_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL"
+_INSERT = (
+    "INSERT OR IGNORE INTO jobs"
+    " (id, kind, state, payload, dedup_key, created_at, visible_at, site) VALUES "
+)
+# Seven variables a row, far under SQLite's 32,766; a group commit fits in one statement.
+ROWS_PER_INSERT = 512
+_LEASE = (
+    "SELECT id, kind, payload, created_at, attempts, lease, site FROM jobs"
+    f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
+)
+# The same terms as jobs_purge's WHERE, so the planner may use it; purged rows leave that
+# index, so a purge never walks over the (ever growing) history of earlier ones.
+_PURGE = (
+    "UPDATE jobs SET payload = NULL WHERE rowid IN (SELECT rowid FROM jobs"
+    " WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL"
+    " AND state = ? AND done_at < ? LIMIT ?)"
+)
+_REPLAY = (
+    "UPDATE jobs SET state = 'ready', visible_at = ?, attempts = 0, created_at = ?,"
+    " done_at = NULL WHERE state = 'dead' AND payload IS NOT NULL"
+)
+# A truncating checkpoint waits for readers with the writer lock held: wait briefly, and
+# leave the rest to the next purge rather than stall intake.
+_FLUSH_BUSY_MS = 1_000
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _status(row: tuple[object, ...]) -> Status:
+    id_, kind, state, created, attempts, error, upstream, purged = row
+    return Status(
+        str(id_), str(kind), State(state), float(created),  # type: ignore[arg-type]
+        int(attempts), error, upstream, bool(purged),  # type: ignore[call-overload, arg-type]
+    )
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    return _INSERT + ", ".join(["(?, ?, 'ready', ?, ?, ?, ?, ?)"] * rows)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
+    args: list[object] = []
+    for job_id, item, now in rows:
+        args += (job_id, item.kind, item.payload, item.dedup_key, now, now, item.site)
+    return conn.execute(_insert_sql(len(rows)), args).rowcount
+
+
+def _created(job_id: str, item: Put, now: float) -> PutResult:
+    return PutResult(Status(job_id, item.kind, State.READY, now, 0, None, None), created=True)
+
+
+def _resolve(conn: sqlite3.Connection, job_id: str, item: Put, now: float) -> PutResult:
+    """After a batch with repeats: the job holding the item's dedup key says which it was.
+
+    Within one batch too, the first of two equal keys is the one that holds it.
+    """
+    if item.dedup_key is None:
+        return _created(job_id, item, now)
+    row = conn.execute(
+        f"SELECT {_STATUS_COLS} FROM jobs WHERE site = ? AND kind = ? AND dedup_key = ?",
+        (item.site, item.kind, item.dedup_key),
+    ).fetchone()
+    if row[0] == job_id:
+        return _created(job_id, item, now)
+    return PutResult(_status(row), created=False)
+
+
+def insert(conn: sqlite3.Connection, rows: list[Row]) -> list[PutResult]:
+    """Insert new jobs, skipping repeated dedup keys; up to 512 rows are one autocommit
+    statement, in which SQLite inserts, commits and fsyncs without holding the GIL."""
+    starts = range(0, len(rows), ROWS_PER_INSERT)
+    if len(starts) == 1:
+        inserted = _insert_rows(conn, rows)
+    else:  # a bulk load: one transaction of several statements
+        inserted = transaction(conn, lambda c: sum(
+            _insert_rows(c, rows[i:i + ROWS_PER_INSERT]) for i in starts
+        ))
+    if inserted == len(rows):  # the common case: no repeated dedup key
+        return [_created(i, item, now) for i, item, now in rows]
+    return [_resolve(conn, i, item, now) for i, item, now in rows]
+
+
+def lease(
+    conn: sqlite3.Connection, kind: str, limit: int, until: float, now: float, site: str | None
+) -> list[Job]:
+    if site is None:
+        rows = conn.execute(_LEASE + " ORDER BY visible_at LIMIT ?", (kind, now, limit))
+    else:
+        rows = conn.execute(_LEASE + " AND site = ? ORDER BY visible_at LIMIT ?",
+                            (kind, now, site, limit))
+    jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5] + 1, r[6]) for r in rows.fetchall()]
+    conn.executemany(
+        "UPDATE jobs SET state = 'leased', visible_at = ?, lease = lease + 1 WHERE id = ?",
+        [(until, job.id) for job in jobs],
+    )
+    return jobs
+
+
+def finish(conn: sqlite3.Connection, job: Job, sql: str, args: tuple[object, ...]) -> bool:
+    """``sql`` (an UPDATE's SET) on ``job`` if its lease is still the one held."""
+    cur = conn.execute(
+        f"{sql} WHERE id = ? AND lease = ? AND state = 'leased'", (*args, job.id, job.lease)
+    )
+    return cur.rowcount == 1
+
+
+def replay(conn: sqlite3.Connection, job_ids: Sequence[str] | None, now: float) -> int:
+    if job_ids is None:
+        return conn.execute(_REPLAY, (now, now)).rowcount
+    return sum(conn.execute(f"{_REPLAY} AND id = ?", (now, now, i)).rowcount for i in job_ids)
+
+
+def purge(conn: sqlite3.Connection, state: State, before: float, limit: int) -> int:
+    return conn.execute(_PURGE, (state.value, before, limit)).rowcount
+
+
+def flush(conn: sqlite3.Connection) -> bool:
+    """Truncate the WAL, whose frames may still hold purged pages; False if readers held it."""
+    conn.execute(f"PRAGMA busy_timeout={_FLUSH_BUSY_MS}")
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+    return bool(busy == 0)
+
+
+def status(conn: sqlite3.Connection, job_id: str) -> Status | None:
+    row = conn.execute(f"SELECT {_STATUS_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _status(row)
+
+
+def dead(conn: sqlite3.Connection, limit: int) -> list[Status]:
+    rows = conn.execute(
+        # jobs_done's own terms first: the planner cannot see that state = 'dead' implies
+        # them, and without them this scans the table and sorts.
+        f"SELECT {_STATUS_COLS} FROM jobs WHERE state IN ('delivered', 'dead')"
+        " AND state = 'dead' ORDER BY done_at LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [_status(r) for r in rows]
+
+
+def next_visible(conn: sqlite3.Connection, kind: str, site: str | None) -> float | None:
+    sql = f"SELECT min(visible_at) FROM jobs WHERE kind = ? AND state IN {PENDING_SQL}"
+    args: tuple[str, ...] = (kind,)
+    if site is not None:
+        sql, args = sql + " AND site = ?", (kind, site)
+    value = conn.execute(sql, args).fetchone()[0]
+    return None if value is None else float(value)
+
+
+def stats(conn: sqlite3.Connection) -> Stats:
+    """From the counts the triggers keep, and the age index: no scan of the jobs."""
+    counts = {state: 0 for state in State}
+    for state, count in conn.execute("SELECT state, sum(n) FROM job_counts GROUP BY state"):
+        counts[State(state)] = int(count)
+    oldest = conn.execute(
+        f"SELECT min(created_at) FROM jobs WHERE state IN {PENDING_SQL}"
+    ).fetchone()[0]
+    return Stats(counts, None if oldest is None else float(oldest))

@@ -1,0 +1,1 @@
+"""The relay: lease → gates (pacer, …) → send through the Calltouch client → settle each job."""

@@ -1,0 +1,205 @@
+"""The relay: wait for work → gates → lease → send → settle each job by its own verdict.
+
+One dispatcher per job kind. A dispatcher takes a concurrency permit only once it sees work,
+so an idle kind holds none; sends run as tasks, at most ``concurrency`` at once, so the rate
+holds while Calltouch takes seconds to answer. Jobs are leased only once every gate has let
+the call through, so a crash leaves few leases to expire. A sender may take several jobs per
+call (batch APIs answer per item): each job is settled by its own verdict, while the gates hear
+of the call once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from gateway.calltouch.answers import Delivered, Retry, Verdict
+from gateway.calltouch.client import Call, CalltouchClient, Reply
+from gateway.ops.metrics import Metrics
+from gateway.queue import Job, Queue
+from gateway.relay.gates import Gate, Ticket, abandon, admit_all
+from gateway.relay.pacing import backoff
+
+log = logging.getLogger(__name__)
+
+# A dispatcher looks again after this long without work; work queued here wakes it at once.
+IDLE_SECONDS = 60.0
+
+
+class Sender(Protocol):
+    """What the relay needs of a kind (see :mod:`gateway.kinds`)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def method(self) -> str: ...  # Calltouch's method: the metric label of its calls
+    @property
+    def batch(self) -> int: ...  # the most jobs one call may carry
+
+    def call(self, jobs: Sequence[Job]) -> Call: ...
+
+    def read(self, reply: Reply, jobs: Sequence[Job]) -> list[Verdict]:
+        """One verdict per job, in order, from a 2xx ``reply``."""
+
+
+class Relay:
+    def __init__(
+        self,
+        queue: Queue,
+        client: CalltouchClient,
+        senders: Sequence[Sender],
+        gates: Sequence[Gate],
+        metrics: Metrics,
+        *,
+        concurrency: int = 16,
+        lease_timeout: float = 60.0,
+        max_age: float = 72 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._client = client
+        self._senders = senders
+        self._gates = gates
+        self._metrics = metrics
+        self._permits = asyncio.Semaphore(concurrency)
+        self._lease_timeout = lease_timeout
+        self._max_age = max_age
+        self._clock = clock
+        self._dispatchers: list[asyncio.Task[None]] = []
+        self._inflight: dict[asyncio.Task[None], list[Job]] = {}
+
+    def start(self) -> None:
+        for sender in self._senders:
+            task = asyncio.create_task(self._dispatch(sender), name=f"ctgw-relay-{sender.kind}")
+            self._dispatchers.append(task)
+
+    async def stop(self, grace: float) -> int:
+        """Stop leasing, give in-flight sends ``grace`` seconds, give back the rest's leases."""
+        for task in self._dispatchers:
+            task.cancel()
+        await asyncio.gather(*self._dispatchers, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=grace)
+        late = {task: jobs for task, jobs in self._inflight.items() if not task.done()}
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for job in (job for jobs in late.values() for job in jobs):
+            with contextlib.suppress(Exception):
+                await self._queue.release(job)
+        return len(late)
+
+    async def _dispatch(self, sender: Sender) -> None:
+        failures = 0
+        while True:
+            try:
+                if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS):
+                    continue
+                await self._permits.acquire()
+                try:
+                    started = await self._start_call(sender)
+                except BaseException:
+                    self._permits.release()
+                    raise
+            except Exception as exc:  # the store is locked or gone: wait, then try again
+                failures += 1
+                log.error("relay cannot lease kind=%s error=%s", sender.kind, type(exc).__name__)
+                await asyncio.sleep(min(30.0, 0.5 * 2**min(failures, 6)))
+                continue
+            failures = 0
+            if not started:
+                self._permits.release()
+
+    async def _start_call(self, sender: Sender) -> bool:
+        """Pass the gates, lease, and start the send; False when no job was left to lease."""
+        waited = time.monotonic()
+        tickets = await admit_all(self._gates, sender.kind)
+        self._metrics.pacer_wait.observe(time.monotonic() - waited)
+        lease = asyncio.ensure_future(self._queue.lease(
+            sender.kind, sender.batch, self._clock(), self._lease_timeout
+        ))
+        try:
+            # Shielded: a store may commit a lease it can no longer report, so a stop lets
+            # it finish and gives its jobs back rather than leave them leased.
+            jobs = await asyncio.shield(lease)
+        except BaseException:
+            abandon(tickets, time.monotonic())
+            await self._give_back(lease)  # nothing, when the lease itself failed
+            raise
+        if not jobs:  # another worker took them
+            abandon(tickets, time.monotonic())
+            return False
+        task = asyncio.create_task(self._deliver(sender, jobs, tickets))
+        self._inflight[task] = jobs
+        task.add_done_callback(self._done)
+        return True
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._permits.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay send failed", exc_info=task.exception())
+
+    async def _give_back(self, lease: asyncio.Future[list[Job]]) -> None:
+        with contextlib.suppress(Exception):
+            for job in await lease:
+                await self._queue.release(job)
+
+    async def _deliver(self, sender: Sender, jobs: list[Job], tickets: list[Ticket]) -> None:
+        started = time.monotonic()
+
+        def written(at: float) -> None:
+            for ticket in tickets:
+                ticket.written(at)
+
+        try:
+            reply = await self._client.send(sender.call(jobs), written)
+        finally:
+            written(time.monotonic())  # a call cut short must not hold the window
+        for ticket in tickets:
+            ticket.answered(reply)
+        verdicts: list[Verdict] = (
+            [reply.failure] * len(jobs) if reply.failure else sender.read(reply, jobs)
+        )
+        self._count_call(sender.method, verdicts, time.monotonic() - started)
+        for job, verdict in zip(jobs, verdicts, strict=True):
+            await self._settle(job, verdict)
+
+    def _count_call(self, method: str, verdicts: list[Verdict], seconds: float) -> None:
+        # One label a call: "ok" when Calltouch took any of its jobs, else the first's code.
+        delivered = any(isinstance(v, Delivered) for v in verdicts)
+        self._metrics.upstream.labels(method, "ok" if delivered else verdicts[0].code).inc()
+        self._metrics.upstream_seconds.labels(method).observe(seconds)
+
+    async def _settle(self, job: Job, verdict: Verdict) -> None:
+        now = self._clock()
+        if isinstance(verdict, Delivered):
+            if await self._queue.ack(job, verdict.upstream_id, now):
+                self._metrics.delivered.inc()
+                self._metrics.delivery_seconds.observe(max(0.0, now - job.created_at))
+                log.info("delivered job=%s attempts=%d", job.id, job.attempts + 1)
+        elif isinstance(verdict, Retry):
+            await self._retry(job, verdict, now)
+        else:
+            await self._bury(job, verdict.code, verdict.detail, now)
+
+    async def _retry(self, job: Job, verdict: Retry, now: float) -> None:
+        if now - job.created_at > self._max_age:
+            await self._bury(job, "expired", f"expired after retries; last: {verdict.detail}", now)
+            return
+        delay = max(backoff(job.attempts + 1, rand=random.random()), verdict.retry_after or 0.0)
+        await self._queue.retry(job, now + delay, verdict.detail, now)
+        log.warning(
+            "retry job=%s code=%s attempts=%d in=%.1fs",
+            job.id, verdict.code, job.attempts + 1, delay,
+        )
+
+    async def _bury(self, job: Job, reason: str, detail: str, now: float) -> None:
+        if await self._queue.bury(job, detail, now):
+            self._metrics.dead.labels(reason).inc()
+            log.error("dead job=%s reason=%s", job.id, reason)

@@ -1,0 +1,1 @@
+"""The Calltouch simulator: demo and test code, never on a production path."""

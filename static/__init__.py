@@ -1,0 +1,1 @@
+"""The snippet and the demo page, packaged as ``gateway.static`` (read with importlib.resources)."""
