@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.intake import listener, snippet
 from gateway.intake.edge import edge, unmatched
 from gateway.intake.handlers import Intake
+from gateway.intake.listener import bound_address
 from gateway.kinds.lead import LeadKind
 from gateway.ops.endpoints import create_ops_app
 from gateway.ops.metrics import Metrics
@@ -161,12 +162,6 @@ async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
     app[OPS_RUNNER] = runner
     yield
     await runner.cleanup()
-
-
-def bound_address(runner: web.BaseRunner) -> str:
-    """``http://host:port`` of a runner's first site (its real port when it asked for 0)."""
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

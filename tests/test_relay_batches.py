@@ -16,9 +16,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.app import bound_address
 from gateway.calltouch.answers import Delivered, Permanent, Retry, Verdict
 from gateway.calltouch.client import Call, CalltouchClient, Reply
+from gateway.intake.listener import bound_address
 from gateway.ops.metrics import Metrics
 from gateway.queue import Job, Put, State, Status
 from gateway.queue.sqlite import SQLiteQueue

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway.app import SETTINGS
 from gateway.config import BotWeights, ClientRate, Settings, parse_networks
+from gateway.intake.listener import bound_address
 from gateway.sandbox.server import SandboxThread
 from tests.support import Gateway, eventually, need_binary, sandbox_requests
 
@@ -143,8 +144,7 @@ async def site(gateway: Gateway) -> AsyncIterator[Proxy]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        proxy.url = f"http://{host}:{port}"
+        proxy.url = bound_address(runner)
         yield proxy
         await runner.cleanup()
 

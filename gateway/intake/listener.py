@@ -102,6 +102,12 @@ class CappedSite(web.BaseSite):
         )
 
 
+def bound_address(runner: web.BaseRunner) -> str:
+    """``http://host:port`` of a runner's first site (its real port when it asked for 0)."""
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
 async def listen(runner: web.AppRunner, settings: Settings, metrics: Metrics) -> CappedSite:
     """Open the public listener of a set-up runner of :func:`gateway.app.create_app`."""
     site = CappedSite(

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.intake.listener import bound_address
 from gateway.sandbox import arrivals
 
 REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
@@ -225,8 +226,7 @@ class SandboxThread:
 async def _listen(runner: web.AppRunner, host: str, port: int) -> str:
     await runner.setup()
     await web.SockSite(runner, arrivals.listener(host, port)).start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    return f"http://{bound_host}:{bound_port}"
+    return bound_address(runner)
 
 
 async def _serve(host: str, port: int, latency: tuple[float, float]) -> None:
