@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.calltouch.client import CalltouchClient, trace_config
 from gateway.config import Settings
@@ -58,18 +59,8 @@ def create_app(
         [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
     )
     app.on_shutdown.append(_start_draining)
-    served = snippet.Snippet.load(settings.mod_id, cross_origin=bool(settings.allowed_origins))
-    routes = [
-        ("POST", "/leads", _browser),
-        ("OPTIONS", "/leads", _preflight),
-        ("POST", "/api/v1/leads", _api),
-        ("GET", "/api/v1/leads/{id}", _status),
-        ("GET", "/snippet.js", served.serve),
-    ]
-    if settings.sandbox:
-        routes += [("GET", "/", snippet.demo), ("GET", "/sandbox/leads", _sandbox_leads)]
     expect = listener.expect_handler(settings.max_body)
-    for method, path, handler in routes:
+    for method, path, handler in _routes(settings):
         for verb in ("HEAD", "GET") if method == "GET" else (method,):  # as add_get does
             app.router.add_route(
                 verb, path, edge(path, handler, metrics.http), expect_handler=expect
@@ -78,6 +69,20 @@ def create_app(
     app.router.add_route("*", "/{path:.*}", edge("unmatched", unmatched, metrics.http),
                          expect_handler=expect)
     return app
+
+
+def _routes(settings: Settings) -> list[tuple[str, str, Handler]]:
+    served = snippet.Snippet.load(settings.mod_id, cross_origin=bool(settings.allowed_origins))
+    routes: list[tuple[str, str, Handler]] = [
+        ("POST", "/leads", _browser),
+        ("OPTIONS", "/leads", _preflight),
+        ("POST", "/api/v1/leads", _api),
+        ("GET", "/api/v1/leads/{id}", _status),
+        ("GET", "/snippet.js", served.serve),
+    ]
+    if settings.sandbox:
+        routes += [("GET", "/", snippet.demo), ("GET", "/sandbox/leads", _sandbox_leads)]
+    return routes
 
 
 async def _browser(request: web.Request) -> web.Response:
