@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import flood, intake, memory, relay, report, summary
+from bench import flood, intake, memory, relay, report, scrape, summary
 
 # The options' own defaults are the CLI's: one place to change them.
 _INTAKE, _RELAY = intake.IntakeOptions(), relay.RelayOptions()
 _MEMORY, _FLOOD = memory.MemoryOptions(), flood.FloodOptions()
+_SCRAPE = scrape.ScrapeOptions()
 
 
 def _intake_args(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,12 @@ def _memory_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("memory")
     group.add_argument("--memory-leads", type=int, default=_MEMORY.leads, help="leads to pre-fill")
     group.add_argument("--batch", type=int, default=_MEMORY.batch, help="leads per put_many")
+    group.add_argument("--scrape-rounds", type=int, default=_SCRAPE.rounds,
+                       help="latency rounds per condition, with and without /metrics scrapes"
+                            " (0: none)")
+    group.add_argument("--scrape-rate", type=float, default=_SCRAPE.rate,
+                       help="offered leads/s in those rounds")
+    group.add_argument("--scrape-seconds", type=float, default=_SCRAPE.seconds)
 
 
 def _flood_args(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +94,10 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             leads=args.flood_leads, rate=args.flood_rate, connections=args.junk_connections,
             loris=args.loris,
         ), workdir / "flood")
-    return memory.run(memory.MemoryOptions(leads=args.memory_leads, batch=args.batch),
-                      workdir / "memory")
+    scrapes = scrape.ScrapeOptions(rounds=args.scrape_rounds, rate=args.scrape_rate,
+                                   seconds=args.scrape_seconds)
+    return memory.run(memory.MemoryOptions(leads=args.memory_leads, batch=args.batch,
+                                           scrape=scrapes), workdir / "memory")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from . import junk, payload, procs
-from .pyload import percentiles
-from .report import Row, say
+from bench import junk, payload, procs
+from bench.pyload import percentiles
+from bench.report import Row, say
 
 TOKEN = "bench-flood-token-0123456789"
 _RECEIVED = re.compile(

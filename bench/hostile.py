@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .payload import USER_AGENT as BROWSER
+from bench.payload import USER_AGENT as BROWSER
 
 Head = list[tuple[str, bytes | str]]
 

@@ -19,12 +19,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import relay
+from bench import bare, payload
 from gateway.__main__ import tune_gc
 from gateway.app import create_app
 from gateway.config import ClientRate, HostPort, Settings
-
-from . import bare, payload
+from gateway.relay import relay
 
 CONNECTIONS = 64
 _HOST = "127.0.0.1:8080"

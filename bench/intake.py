@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from . import probe, procs, wrk
-from .report import median, say
+from bench import probe, procs, wrk
+from bench.report import median, say
 
 TARGETS = ("bare", "gateway")
 
@@ -56,7 +56,8 @@ def _server(name: str, workdir: Path) -> Iterator[tuple[procs.Proc, Path | None]
             yield proc, db
 
 
-def _python_load(mode: str, url: str, *args: str, seconds: float) -> dict[str, Any]:
+def python_load(mode: str, url: str, *args: str, seconds: float) -> dict[str, Any]:
+    """Run ``python -m bench.pyload MODE URL ARGS...`` in its own process; its JSON result."""
     cmd = [sys.executable, "-m", "bench.pyload", mode, url, *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, check=True)
     result: dict[str, Any] = orjson.loads(out.stdout)
@@ -64,8 +65,8 @@ def _python_load(mode: str, url: str, *args: str, seconds: float) -> dict[str, A
 
 
 def _closed_python(url: str, opts: IntakeOptions, seconds: float, prefix: str) -> wrk.Throughput:
-    data = _python_load("closed", url, "--connections", str(opts.connections),
-                        "--seconds", str(seconds), "--prefix", prefix, seconds=seconds)
+    data = python_load("closed", url, "--connections", str(opts.connections),
+                       "--seconds", str(seconds), "--prefix", prefix, seconds=seconds)
     return wrk.Throughput("python", data["requests"], data["ok"], data["seconds"],
                           {k: v for k, v in data["statuses"].items() if k != "202"},
                           data["latency_ms"])
@@ -129,7 +130,7 @@ def _latency_round(name: str, workdir: Path, opts: IntakeOptions) -> dict[str, A
     with _server(name, workdir) as (proc, db):
         cpu, steal = proc.cpu_seconds(), probe.cpu_times()
         before = probe.answer_buckets(proc) if db else {}
-        result = _python_load(
+        result = python_load(
             "open", proc.url, "--rate", str(opts.latency_rate),
             "--seconds", str(opts.latency_seconds), "--warmup", "1",
             "--prefix", secrets.token_hex(4), seconds=opts.latency_seconds,

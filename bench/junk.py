@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .hostile import KINDS, MIX, PARSE_ERRORS, Target, browser, request
+from bench.hostile import KINDS, MIX, PARSE_ERRORS, Target, browser, request
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""Memory: the gateway's RSS with N leads queued, bytes on disk per lead, one scrape's time.
+"""``python -m bench memory``: the gateway's RSS with N leads queued, bytes on disk per lead,
+one ``/metrics`` scrape's time, and intake latency while Prometheus scrapes (:mod:`bench.scrape`).
 
 The queue is filled through the gateway's own :class:`SQLiteQueue` (``put_many`` in batches,
 with payloads as intake stores them), not over HTTP. The gateway then runs on that file,
 relaying to a sandbox that answers 503 so that nothing drains. The baseline is the same
-gateway on an empty queue, measured in the same run.
+gateway on an empty queue, measured in the same run. The scrape rounds come last, on the
+filled store, once RSS, files and queued counts are taken (their leads add to the queue).
 """
 
 from __future__ import annotations
@@ -13,19 +15,18 @@ import re
 import secrets
 import time
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway.intake import LEAD_KIND
+from bench import payload, procs, scrape
+from bench.report import median, say
+from gateway.kinds import lead
 from gateway.queue import Put
 from gateway.queue.sqlite import SQLiteQueue
-
-from . import payload, procs
-from .report import median, say
 
 _QUEUED = re.compile(r'^ctgw_queue_jobs\{state="(ready|leased|delayed)"\} (\S+)$', re.MULTILINE)
 
@@ -36,6 +37,7 @@ class MemoryOptions:
     batch: int = 10_000
     scrapes: int = 5
     settle: float = 5.0
+    scrape: scrape.ScrapeOptions = field(default_factory=scrape.ScrapeOptions)
 
 
 async def _fill(db: Path, n: int, batch: int) -> dict[str, Any]:
@@ -51,7 +53,7 @@ async def _fill(db: Path, n: int, batch: int) -> dict[str, Any]:
                 number = f"{prefix}-{i}"
                 data = orjson.dumps(payload.stored_fields(i, number, accepted))
                 size += len(data)
-                items.append(Put(LEAD_KIND, data, number))
+                items.append(Put(lead.KIND, data, number))
             await queue.put_many(items, time.time())
             if first and first % (10 * batch) == 0:
                 say(f"memory: filled {first:,} of {n:,}")
@@ -81,7 +83,8 @@ def _scrape(gateway: procs.Proc) -> tuple[float, int]:
     return seconds, queued
 
 
-def _measure(workdir: Path, db: Path, sandbox: procs.Proc, opts: MemoryOptions) -> dict[str, Any]:
+def _measure(workdir: Path, db: Path, sandbox: procs.Proc, opts: MemoryOptions,
+             scrape_rounds: bool = False) -> dict[str, Any]:
     extra = {"CTGW_CALLTOUCH_URL": sandbox.url, "CTGW_SITE_ID": procs.SITE_ID}
     with procs.gateway(workdir, db, extra=extra, ready_timeout=300) as gateway:
         ready = gateway.ready_seconds
@@ -91,6 +94,7 @@ def _measure(workdir: Path, db: Path, sandbox: procs.Proc, opts: MemoryOptions) 
         scrapes.append(_scrape(gateway))
         settled = gateway.memory()
         files = _files(db)
+        scraped = scrape.measure(gateway, workdir, opts.scrape) if scrape_rounds else None
     rss_kib = max(after_scrape["VmRSS"], settled["VmRSS"])
     return {
         "ready_seconds": round(ready, 2),
@@ -102,6 +106,7 @@ def _measure(workdir: Path, db: Path, sandbox: procs.Proc, opts: MemoryOptions) 
         "rss_settled_mib": round(settled["VmRSS"] / 1024, 1),
         "peak_rss_mib": round(settled["VmHWM"] / 1024, 1),
         "files": files,
+        "scrape_rounds": scraped,
     }
 
 
@@ -115,7 +120,7 @@ def run(opts: MemoryOptions, workdir: Path) -> dict[str, Any]:
         say(f"memory: baseline RSS {baseline['rss_mib']} MiB; filling the queue")
         fill = asyncio.run(_fill(full, opts.leads, opts.batch))
         say(f"memory: filled {opts.leads:,} in {fill['seconds']} s; starting the gateway on it")
-        loaded = _measure(workdir, full, sandbox, opts)
+        loaded = _measure(workdir, full, sandbox, opts, scrape_rounds=opts.scrape.rounds > 0)
     on_disk = loaded["files"]["db"] + loaded["files"]["db-wal"]
     result = {
         "leads": opts.leads, "fill": fill, "baseline": baseline, "loaded": loaded,
@@ -124,6 +129,7 @@ def run(opts: MemoryOptions, workdir: Path) -> dict[str, Any]:
         "scrape_ms": loaded["scrape_ms_median"],
         "baseline_scrape_ms": baseline["scrape_ms_median"],
         "all_queued": loaded["queued"] == opts.leads,
+        "scrapes": loaded.pop("scrape_rounds"),
     }
     say(f"memory: RSS {loaded['rss_mib']} MiB with {loaded['queued']:,} queued, "
         f"{result['bytes_per_lead']} B/lead on disk, /metrics {loaded['scrape_ms']} ms")

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway import leads
+from gateway.kinds import lead as leads
 
 CONTENT_TYPE = "text/plain;charset=UTF-8"  # the snippet's choice: no CORS preflight
 USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"

@@ -13,8 +13,8 @@ import re
 import time
 from pathlib import Path
 
-from . import procs
-from .pyload import percentiles
+from bench import procs
+from bench.pyload import percentiles
 
 _BUCKET = re.compile(
     r'^ctgw_http_request_duration_seconds_bucket\{(?=[^}]*route="/leads")[^}]*le="([^"]+)"[^}]*\}'

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from . import openloop, payload
-from .openloop import Sample
+from bench import openloop, payload
+from bench.openloop import Sample
 
 
 def percentiles(values: Sequence[float], scale: float = 1e3) -> dict[str, float]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import aiohttp
 
-from . import payload, probe, procs
-from .report import median, say
+from bench import payload, probe, procs
+from bench.report import median, say
 
 _DELIVERED = re.compile(r"^ctgw_leads_delivered_total (\S+)$", re.MULTILINE)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from .payload import body_template, browser_headers
+from bench.payload import body_template, browser_headers
 
 _LUA = """\
 local head = [==[%(head)s]==]
