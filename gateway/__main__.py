@@ -1,4 +1,8 @@
-"""The ``ct-gateway`` command: ``serve``, ``queue stats``, ``dead list``, ``dead replay``."""
+"""The ``ct-gateway`` command: ``serve``, ``queue stats``, ``dead list``, ``dead replay``.
+
+``serve`` takes every setting; the store commands take only ``CTGW_QUEUE`` and
+``CTGW_LOG_LEVEL``, so an operator can inspect a queue with no Calltouch account at hand.
+"""
 
 from __future__ import annotations
 
@@ -11,50 +15,121 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
-from gateway import app
-from gateway.config import ConfigError, Settings, from_env
+from gateway import __version__, app
+from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, store_from_env
 from gateway.ops import logs
-from gateway.queue import Queue, State, open_queue
+from gateway.queue import Queue, QueueError, State, open_queue
+from gateway.queue.sqlite_schema import path_from_url
 from gateway.sandbox.server import SandboxThread
 
 log = logging.getLogger("gateway")
+Action = Callable[[Queue], Awaitable[None]]
 
 # A lead allocates a few hundred objects, nearly all freed by reference counting; at the default
 # of 700 the young generation was collected every ~70 leads, 3 % of intake CPU at full load.
 _GC_YOUNG = 20_000
+# argparse prints these as they are: plain text, not the reStructuredText of the docstrings.
+_DESCRIPTION = (
+    "A durable, rate-limited gateway from website forms to the Calltouch API. "
+    "'serve' runs it; 'queue stats', 'dead list' and 'dead replay' look after its queue."
+)
+_SERVE_EPILOG = """\
+All configuration is from the environment (every variable is in README.md); the main ones:
+  CTGW_SITE_ID      Calltouch site id (required, unless --sandbox)
+  CTGW_QUEUE        queue store, sqlite:///relative.db or sqlite:////absolute.db
+                    (default sqlite:///./ct-gateway.db; its directory must exist)
+  CTGW_LISTEN       public listener (default 127.0.0.1:8080)
+  CTGW_OPS_LISTEN   ops listener: /metrics, /healthz, /readyz (default 127.0.0.1:9464)
+  CTGW_RATE         upstream requests per second (default 5, Calltouch's limit per IP)
+  CTGW_API_TOKENS   comma-separated bearer tokens for /api/v1/...
+  CTGW_LOG_LEVEL    DEBUG, INFO, WARNING or ERROR (default INFO)
+A wrong value stops it with exit code 2 and one line naming the variable."""
+_STORE_EPILOG = (
+    "Reads only CTGW_QUEUE (default sqlite:///./ct-gateway.db, relative to the current "
+    "folder) and CTGW_LOG_LEVEL; the queue must exist. The first line names the queue's file."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ct-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ct-gateway", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ct-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway.",
+                           epilog=_SERVE_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--sandbox", action="store_true",
-                       help="relay to a built-in Calltouch simulator (no account needed)")
-    queue = sub.add_parser("queue", help="inspect the queue")
-    queue.add_argument("action", choices=["stats"])
-    dead = sub.add_parser("dead", help="dead letters")
-    dead_sub = dead.add_subparsers(dest="action", required=True)
-    listing = dead_sub.add_parser("list", help="list dead letters (no personal data)")
-    listing.add_argument("--limit", type=int, default=100)
-    replay = dead_sub.add_parser("replay", help="queue dead letters again")
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", action="append", dest="ids", metavar="ID")
-    which.add_argument("--all", action="store_true")
+                       help="relay to a built-in Calltouch simulator (no account needed; "
+                            "refused while CTGW_SITE_ID is set)")
+    queue = sub.add_parser("queue", help="inspect the queue", epilog=_STORE_EPILOG)
+    queue.add_argument("action", choices=["stats"], help="stats: jobs by state, oldest age")
+    _dead_parsers(sub.add_parser("dead", help="dead letters", epilog=_STORE_EPILOG))
     return parser
 
 
-async def _serve(settings: Settings) -> None:
-    running = await app.start(settings)
+def _dead_parsers(dead: argparse.ArgumentParser) -> None:
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    listing = dead_sub.add_parser("list", help="list dead letters (no personal data)",
+                                  epilog=_STORE_EPILOG)
+    listing.add_argument("--limit", type=int, default=100, metavar="N",
+                         help="list at most N dead letters, the oldest first (default 100)")
+    replay = dead_sub.add_parser("replay", help="queue dead letters again", epilog=_STORE_EPILOG)
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", action="append", dest="ids", metavar="ID",
+                       help="the id of a dead letter to replay (repeat for several)")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+
+
+def store_label(url: str, *, create: bool) -> str:
+    """The store as the operator is shown it: its SQLite file, or a server without credentials.
+
+    A file is checked here, before the store opens, since SQLite would create an empty one: the
+    store commands need it to exist, ``serve`` only its directory.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":  # a server: nothing to check here, and no password shown
+        return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    path = path_from_url(url).resolve()
+    if create:
+        if not path.parent.exists():
+            raise ConfigError("CTGW_QUEUE", f"the directory {path.parent} does not exist")
+    elif not path.exists():
+        raise ConfigError("CTGW_QUEUE", f"no queue at {path}")
+    return str(path)
+
+
+def _cannot_open(store: str, exc: QueueError) -> ConfigError:
+    return ConfigError("CTGW_QUEUE", f"cannot open the queue at {store}: {exc}")
+
+
+async def _serve(settings: Settings, store: str) -> None:
+    try:
+        running = await app.start(settings)
+    except QueueError as exc:  # a listener fails with an OSError, the store with this
+        raise _cannot_open(store, exc) from exc
     tune_gc()
-    log.info("listening public=%s ops=%s", running.url, running.ops_url)
     stop = asyncio.Event()
+    # Before "listening": whoever waits for that line may send SIGTERM the moment it shows.
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    # Logged once started, so that a failure to start stays one line on stderr.
+    if settings.sandbox:
+        log.info("sandbox: relaying to the built-in Calltouch simulator at %s",
+                 settings.calltouch_url)
+    log.info("queue: %s", store)
+    _warn_above_calltouch(settings.rate)
+    log.info("listening public=%s ops=%s", running.url, running.ops_url)
     await stop.wait()
     log.info("stopping: readiness off, intake closed, finishing in-flight sends")
     await running.runner.cleanup()
     log.info("stopped")
+
+
+def _warn_above_calltouch(rate: float) -> None:
+    if rate > CALLTOUCH_RATE:
+        log.warning("CTGW_RATE=%g is above Calltouch's limit of %g requests per second per IP:"
+                    " expect 429 answers and slowed delivery", rate, CALLTOUCH_RATE)
 
 
 def tune_gc() -> None:
@@ -62,9 +137,13 @@ def tune_gc() -> None:
     gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
 
 
-async def _with_queue(settings: Settings, action: Callable[[Queue], Awaitable[None]]) -> None:
-    queue = await open_queue(settings.queue_url)
+async def _with_queue(url: str, store: str, action: Action) -> None:
     try:
+        queue = await open_queue(url)
+    except QueueError as exc:
+        raise _cannot_open(store, exc) from exc
+    try:
+        print(f"queue: {store}")
         await action(queue)
     finally:
         await queue.close()
@@ -78,15 +157,18 @@ async def _stats(queue: Queue) -> None:
     print(f"{'oldest':<10} {age:.0f}s")
 
 
-def _dead_list(limit: int) -> Callable[[Queue], Awaitable[None]]:
+def _dead_list(limit: int) -> Action:
     async def run(queue: Queue) -> None:
-        for status in await queue.dead(limit):
+        dead = await queue.dead(limit)
+        if not dead:
+            print("no dead letters")
+        for status in dead:
             print(f"{status.id}\t{status.kind}\tattempts={status.attempts}\t{status.last_error}")
 
     return run
 
 
-def _replay(ids: list[str] | None) -> Callable[[Queue], Awaitable[None]]:
+def _replay(ids: list[str] | None) -> Action:
     async def run(queue: Queue) -> None:
         print(f"replayed {await queue.replay(ids, time.time())}")
         purged = await _purged_dead(queue, ids)
@@ -106,36 +188,38 @@ async def _purged_dead(queue: Queue, ids: list[str] | None) -> int:
     return sum(s.purged for s in dead)
 
 
+def _store_action(args: argparse.Namespace) -> Action:
+    if args.command == "queue":
+        return _stats
+    if args.action == "list":
+        return _dead_list(args.limit)
+    return _replay(None if args.all else args.ids)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    sandbox = args.command == "serve" and args.sandbox
     try:
-        settings = from_env(os.environ, sandbox=sandbox)
+        if args.command == "serve":
+            return _run_serve(from_env(os.environ, sandbox=args.sandbox))
+        store = store_from_env(os.environ)
+        label = store_label(store.queue_url, create=False)
+        logs.setup(store.log_level)
+        asyncio.run(_with_queue(store.queue_url, label, _store_action(args)))
     except ConfigError as exc:
         print(f"ct-gateway: {exc}", file=sys.stderr)
         return 2
-    logs.setup(settings.log_level)
-    if args.command == "serve":
-        return _run_serve(settings)
-    action: Callable[[Queue], Awaitable[None]]
-    if args.command == "queue":
-        action = _stats
-    elif args.action == "list":
-        action = _dead_list(args.limit)
-    else:
-        action = _replay(None if args.all else args.ids)
-    asyncio.run(_with_queue(settings, action))
     return 0
 
 
 def _run_serve(settings: Settings) -> int:
+    store = store_label(settings.queue_url, create=True)
+    logs.setup(settings.log_level)
     simulator = None
     if settings.sandbox:
         simulator = SandboxThread()
         settings = settings.with_calltouch(simulator.start())
-        log.info("sandbox: relaying to the built-in Calltouch simulator at %s", simulator.url)
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, store))
     except OSError as exc:
         print(f"ct-gateway: cannot listen: {exc}", file=sys.stderr)
         return 1

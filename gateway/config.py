@@ -22,6 +22,11 @@ _PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.
 _MOD_ID = re.compile(r"^[0-9a-z]{8}$")
 _SANDBOX_SITE_ID = "18990"
 _SECRET = frozenset({"CTGW_API_TOKENS"})  # an error line must not print a token
+_RATE_FORM = "expected requests per second, a number above 0 and at most 1000, e.g. 5"
+# Calltouch's published limit, requests per second per IP: above it, expect 429s.
+CALLTOUCH_RATE = 5.0
+DEFAULT_QUEUE = "sqlite:///./ct-gateway.db"
+DEFAULT_LOG_LEVEL = "INFO"
 
 
 class ConfigError(ValueError):
@@ -67,14 +72,22 @@ DEFAULT_BOT_AGENTS = (
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """What a command that only reads or changes the store needs: no Calltouch settings."""
+
+    queue_url: str = DEFAULT_QUEUE
+    log_level: str = DEFAULT_LOG_LEVEL
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     site_id: str
     mod_id: str | None = None
     calltouch_url: str = "https://api.calltouch.ru"
     listen: HostPort = HostPort("127.0.0.1", 8080)
     ops_listen: HostPort = HostPort("127.0.0.1", 9464)
-    queue_url: str = "sqlite:///./ct-gateway.db"
-    rate: float = 5.0
+    queue_url: str = DEFAULT_QUEUE
+    rate: float = CALLTOUCH_RATE
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     allowed_origins: frozenset[str] = frozenset()
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -84,7 +97,7 @@ class Settings:
     max_age: float = 72 * 3600.0
     lease_timeout: float = 60.0
     timezone: str = "Europe/Moscow"
-    log_level: str = "INFO"
+    log_level: str = DEFAULT_LOG_LEVEL
     max_body: int = 64 * 1024
     upstream_timeout: float = 15.0
     concurrency: int = 16
@@ -141,9 +154,12 @@ def parse_lease(raw: str) -> float:
 
 
 def parse_rate(raw: str) -> float:
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:  # float's own message ("could not convert…") does not say the form
+        raise ValueError(_RATE_FORM) from None
     if not 0 < value <= 1000:
-        raise ValueError("expected requests per second, a number above 0 and at most 1000")
+        raise ValueError(_RATE_FORM)
     return value
 
 
@@ -241,13 +257,32 @@ def parse_level(raw: str) -> str:
     return level
 
 
-def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
-    """Build and validate settings; raises :class:`ConfigError` naming the bad variable."""
+def store_from_env(env: Mapping[str, str]) -> StoreSettings:
+    """Only ``CTGW_QUEUE`` and ``CTGW_LOG_LEVEL``: no other variable can stop a store command."""
+    return StoreSettings(
+        queue_url=_parse(env, "CTGW_QUEUE", parse_queue, DEFAULT_QUEUE),
+        log_level=_parse(env, "CTGW_LOG_LEVEL", parse_level, DEFAULT_LOG_LEVEL),
+    )
+
+
+def _site_id(env: Mapping[str, str], sandbox: bool) -> str:
+    if sandbox:
+        # Both given, the operator meant one of them; guessing the sandbox would send a real
+        # site's leads to the simulator, never to Calltouch.
+        if _req(env, "CTGW_SITE_ID") is not None:
+            raise ConfigError("CTGW_SITE_ID", "is set, but --sandbox relays to the simulator: "
+                              "unset CTGW_SITE_ID or run without --sandbox")
+        return _SANDBOX_SITE_ID
     site_id = _parse(env, "CTGW_SITE_ID", parse_site_id, None)
     if site_id is None:
-        if not sandbox:
-            raise ConfigError("CTGW_SITE_ID", "required (or run with --sandbox)")
-        site_id = _SANDBOX_SITE_ID
+        raise ConfigError("CTGW_SITE_ID", "required (or run with --sandbox)")
+    return site_id
+
+
+def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
+    """Build and validate settings; raises :class:`ConfigError` naming the bad variable."""
+    site_id = _site_id(env, sandbox)
+    store = store_from_env(env)
     d = Settings(site_id=site_id)
     return Settings(
         site_id=site_id,
@@ -255,7 +290,7 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         calltouch_url=_parse(env, "CTGW_CALLTOUCH_URL", parse_url, d.calltouch_url),
         listen=_parse(env, "CTGW_LISTEN", parse_hostport, d.listen),
         ops_listen=_parse(env, "CTGW_OPS_LISTEN", parse_hostport, d.ops_listen),
-        queue_url=_parse(env, "CTGW_QUEUE", parse_queue, d.queue_url),
+        queue_url=store.queue_url,
         rate=_parse(env, "CTGW_RATE", parse_rate, d.rate),
         api_tokens=_parse(env, "CTGW_API_TOKENS", parse_tokens, d.api_tokens),
         allowed_origins=_parse(env, "CTGW_ALLOWED_ORIGINS", parse_origins, d.allowed_origins),
@@ -265,7 +300,7 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         max_age=_parse(env, "CTGW_MAX_AGE", parse_duration, d.max_age),
         lease_timeout=_parse(env, "CTGW_LEASE_TIMEOUT", parse_lease, d.lease_timeout),
         timezone=_parse(env, "CTGW_TIMEZONE", parse_timezone, d.timezone),
-        log_level=_parse(env, "CTGW_LOG_LEVEL", parse_level, d.log_level),
+        log_level=store.log_level,
         dead_retention=_parse(env, "CTGW_DEAD_RETENTION", parse_duration, d.dead_retention),
         header_timeout=_parse(env, "CTGW_HEADER_TIMEOUT", parse_timeout, d.header_timeout),
         body_timeout=_parse(env, "CTGW_BODY_TIMEOUT", parse_timeout, d.body_timeout),

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ClientRate, ConfigError, HostPort, Settings, from_env
+from gateway.config import (
+    ClientRate,
+    ConfigError,
+    HostPort,
+    Settings,
+    StoreSettings,
+    from_env,
+    store_from_env,
+)
 from tests.support import LOG_LINES
 
 SITE = {"CTGW_SITE_ID": "18990"}
@@ -80,6 +88,7 @@ def test_good_values(variable: str, raw: str, attribute: str, value: object) -> 
     ("CTGW_QUEUE", "sqlite://"),
     ("CTGW_QUEUE", "/var/lib/ctgw.db"),
     ("CTGW_RATE", "fast"),
+    ("CTGW_RATE", "10/s"),
     ("CTGW_RATE", "0"),
     ("CTGW_RATE", "-5"),
     ("CTGW_RATE", "nan"),
@@ -126,6 +135,43 @@ def test_the_sandbox_needs_no_site_id() -> None:
     assert settings.site_id.isdigit()
 
 
+def test_the_sandbox_refuses_a_site_id() -> None:
+    """Both given, the operator meant one of them: a real site's leads must not go to the
+    simulator."""
+    with pytest.raises(ConfigError) as info:
+        from_env({"CTGW_SITE_ID": "12345"}, sandbox=True)
+    assert info.value.variable == "CTGW_SITE_ID"
+    assert "--sandbox" in str(info.value)
+    assert from_env({"CTGW_SITE_ID": " "}, sandbox=True).sandbox  # blank is unset
+
+
+@pytest.mark.parametrize("raw", ["abc", "10/s", "0", "1001"])
+def test_a_bad_rate_says_the_form_expected(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({**SITE, "CTGW_RATE": raw})
+    assert str(info.value) == (
+        "CTGW_RATE: expected requests per second, a number above 0 and at most 1000, e.g. 5"
+        f" (got {raw!r})"
+    )
+
+
+def test_store_settings_read_only_the_store_variables() -> None:
+    assert store_from_env({}) == StoreSettings("sqlite:///./ct-gateway.db", "INFO")
+    env = {"CTGW_QUEUE": "sqlite:////var/q.db", "CTGW_LOG_LEVEL": "debug",
+           "CTGW_SITE_ID": "not a number", "CTGW_RATE": "abc"}
+    assert store_from_env(env) == StoreSettings("sqlite:////var/q.db", "DEBUG")
+    assert from_env({**env, **SITE, "CTGW_RATE": "5"}).queue_url == "sqlite:////var/q.db"
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("CTGW_QUEUE", "postgres://db/ctgw"), ("CTGW_LOG_LEVEL", "verbose"),
+])
+def test_store_settings_name_a_bad_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        store_from_env({variable: raw})
+    assert info.value.variable == variable
+
+
 def test_a_bad_value_fails_even_with_the_sandbox() -> None:
     with pytest.raises(ConfigError) as info:
         from_env({"CTGW_RATE": "0"}, sandbox=True)
@@ -145,6 +191,7 @@ def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("env", "args", "variable"), [
     ({"CTGW_SITE_ID": "18990", "CTGW_RATE": "fast"}, (), "CTGW_RATE"),
     ({"CTGW_RATE": "0"}, ("--sandbox",), "CTGW_RATE"),
+    ({"CTGW_SITE_ID": "12345"}, ("--sandbox",), "CTGW_SITE_ID"),
     ({}, (), "CTGW_SITE_ID"),
     ({"CTGW_SITE_ID": "18990", "CTGW_TIMEZONE": "Europe"}, (), "CTGW_TIMEZONE"),
 ])

@@ -179,10 +179,12 @@ async def test_the_cli_says_why_a_purged_dead_letter_is_not_replayed(
 
     one = replay("--id", ids["x0"])
     assert one.splitlines() == [
+        f"queue: {db.resolve()}",
         "replayed 0", "not replayed 1: lead data purged after CTGW_DEAD_RETENTION",
     ]
     every = replay("--all")
     assert every.splitlines() == [
+        f"queue: {db.resolve()}",
         "replayed 1", "not replayed 3: lead data purged after CTGW_DEAD_RETENTION",
     ]
 

@@ -88,8 +88,8 @@ def path_from_url(url: str) -> Path:
 def connect(path: Path, statements: int) -> sqlite3.Connection:
     """A connection in WAL mode that fsyncs every commit; ``statements``: its cache size."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Created 0600 before SQLite touches it: the store holds personal data.
+        # Created 0600 before SQLite touches it: the store holds personal data. A missing
+        # directory is not made: it is a wrong CTGW_QUEUE more often than a new install.
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=statements
