@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -81,7 +82,8 @@ def _routes(settings: Settings) -> list[tuple[str, str, Handler]]:
         ("GET", "/snippet.js", served.serve),
     ]
     if settings.sandbox:
-        routes += [("GET", "/", snippet.demo), ("GET", "/sandbox/leads", _sandbox_leads)]
+        routes += [("GET", "/", snippet.demo), ("GET", "/sandbox/leads", _sandbox_leads),
+                   ("GET", "/sandbox/spam", _sandbox_spam)]
     return routes
 
 
@@ -103,6 +105,13 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _sandbox_leads(request: web.Request) -> web.Response:
     return await snippet.sandbox_leads(request.app[SESSION], request.app[SETTINGS].calltouch_url)
+
+
+async def _sandbox_spam(request: web.Request) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(list(request.app[INTAKE].spam_seen)), content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:

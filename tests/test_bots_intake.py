@@ -170,3 +170,33 @@ async def test_a_bad_elapsed_is_a_field_error(
         "message": "must be whole milliseconds since the page loaded",
     }]
     assert await jobs_in_queue(gw) == 0
+
+
+async def test_sandbox_mode_shows_spam_verdicts_at_info_and_to_the_demo_page(
+    start_gateway: Any, settings: Settings, http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tester's headless browser is easily scored a bot: in sandbox mode they are told so."""
+    demo = await start_gateway(replace(settings, bot_weights=BotWeights(), sandbox=True))
+    headless = CHROME.replace("Chrome/", "HeadlessChrome/")
+    resp, _ = await send(http, f"{demo.url}/leads", lead(1, _elapsed=100),
+                         {"User-Agent": headless})
+    assert resp.status == 202  # answered like a person all the same
+    async with http.get(f"{demo.url}/sandbox/spam") as answer:
+        [verdict] = await answer.json()
+    assert verdict["signals"] == ["fast", "origin", "agent"] and verdict["score"] == 5
+    assert verdict["at"][:2] == "20"  # a wall-clock time, readable
+    assert "Иван" not in str(verdict) and "79205550055" not in str(verdict)
+    [line] = [r for r in caplog.records if "bot lead not queued" in r.getMessage()]
+    assert line.levelname == "INFO" and "signals=fast,origin,agent" in line.getMessage()
+
+
+async def test_outside_sandbox_mode_spam_verdicts_stay_at_debug(
+    gw: Gateway, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    resp, _ = await send(http, f"{gw.url}/leads", lead(1, _elapsed=100), {})
+    assert resp.status == 202
+    [line] = [r for r in caplog.records if "bot lead not queued" in r.getMessage()]
+    assert line.levelname == "DEBUG"
+    async with http.get(f"{gw.url}/sandbox/spam") as answer:
+        assert answer.status == 404

@@ -11,6 +11,7 @@ import hmac
 import logging
 import time
 import zoneinfo
+from collections import deque
 from dataclasses import dataclass, field
 
 import orjson
@@ -30,6 +31,7 @@ from gateway.queue import Queue, QueueError
 
 log = logging.getLogger(__name__)
 
+DEMO_SPAM = 20
 Answer = tuple[web.Response, str]  # the response and its outcome label for the metrics
 
 
@@ -48,6 +50,10 @@ class Intake:
     limiter: ClientLimiter = field(init=False, repr=False)
     _bots: BotScorer = field(init=False, repr=False)
     _signals: dict[str, Counter] = field(init=False, repr=False)
+    # Sandbox mode only: the last spam verdicts, for the demo page (no personal data).
+    spam_seen: deque[dict[str, object]] = field(
+        default_factory=lambda: deque(maxlen=DEMO_SPAM), init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
@@ -144,7 +150,7 @@ class Intake:
     ) -> bool:
         if lead.honeypot:
             self._signals["honeypot"].inc()
-            log.debug("bot lead not queued signals=honeypot")
+            self._spam(("honeypot",), None)
             return True
         if channel == "api":
             return False  # a token holder's server: the browser's signals do not apply
@@ -155,10 +161,22 @@ class Intake:
         # Counted below the threshold too: how often each fires on real leads guides the weights.
         for signal in score.signals:
             self._signals[signal].inc()
-        if score.bot:  # signal names only: never a header's value
-            log.debug("bot lead not queued score=%d signals=%s",
-                      score.points, ",".join(score.signals))
+        if score.bot:
+            self._spam(score.signals, score.points)
         return score.bot
+
+    def _spam(self, signals: tuple[str, ...], points: int | None) -> None:
+        """Signal names and points only: never a header's or a field's value. In sandbox mode
+        a tester sees the verdict at INFO and on the demo page, since it is easily a headless
+        browser's."""
+        level = logging.INFO if self.settings.sandbox else logging.DEBUG
+        log.log(level, "bot lead not queued score=%s signals=%s",
+                "-" if points is None else points, ",".join(signals))
+        if self.settings.sandbox:
+            self.spam_seen.appendleft(
+                {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "signals": list(signals),
+                 "score": points}
+            )
 
     @staticmethod
     def _answer(job_id: str, status: str, code: int, outcome: str) -> Answer:
