@@ -6,13 +6,14 @@ import asyncio
 import os
 import signal
 import time
+from datetime import datetime
 from types import SimpleNamespace
 
 import aiohttp
 import pytest
 
 from gateway.sandbox import arrivals
-from gateway.sandbox.server import LIMIT, REGISTER, SandboxState
+from gateway.sandbox.server import LIMIT, REGISTER, SandboxState, SandboxThread
 from tests.support import sandbox_requests, spawn_sandbox
 
 STALL = 0.3
@@ -66,3 +67,21 @@ def test_a_late_handled_arrival_counts_in_the_windows_after_it() -> None:
     assert not any(state.over_limit("ip", 1.0 + t / 10) for t in range(LIMIT))  # 1.0 … 1.4
     assert not state.over_limit("ip", 0.35)  # (0.3, 1.3] would hold five
     assert state.over_limit("ip", 0.95)  # (0.4, 1.4] holds five already
+
+
+async def test_received_requests_carry_wall_time_beside_the_monotonic_stamp() -> None:
+    simulator = SandboxThread(latency=(0.0, 0.0))
+    simulator.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            before = time.time()
+            async with http.post(simulator.url + REGISTER.format(site_id="1"),
+                                 data={"fio": "x"}) as resp:
+                assert resp.status == 200
+            async with http.get(f"{simulator.url}/sandbox/requests") as resp:
+                [row] = await resp.json()
+    finally:
+        simulator.stop()
+    wall = datetime.fromisoformat(row["time"]).timestamp()
+    assert before - 1 <= wall <= time.time() + 1, row
+    assert row["at"] < 10**8  # the monotonic stamp stays, for window counts

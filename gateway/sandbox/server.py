@@ -3,7 +3,8 @@
 * ``…/requests/{site_id}/register/`` (GET or POST form): the documented success JSON; HTTP 200
   with the documented error text when no parameter is given; 429 when a client IP has had 5
   requests executed within the last second (as Calltouch counts: executed ones only).
-* ``GET /sandbox/requests`` — everything received (arrival time, status, form);
+* ``GET /sandbox/requests`` — everything received: ``at`` (monotonic seconds, for window
+  counts), ``time`` (the same moment as UTC wall time), status, form;
   ``GET /sandbox/stats`` — counts and the most arrivals seen in any sliding 1 s window;
   ``POST /sandbox/config`` — ``{"latency": [lo, hi], "fault": "503"|"hang"|"429"|"error200"|
   null, "fault_rate": 0..1}``; ``POST /sandbox/reset``.
@@ -23,6 +24,7 @@ import threading
 import time
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -140,8 +142,14 @@ def _decide(state: SandboxState, ip: str, now: float) -> int:
 
 async def requests_log(request: web.Request) -> web.Response:
     arrivals = request.app[STATE].arrivals
-    rows = [{"at": a.at, "ip": a.ip, "status": a.status, "form": a.form} for a in arrivals]
+    to_wall = time.time() - time.monotonic()  # "at" is monotonic, for the window counts
+    rows = [{"at": a.at, "time": _iso(a.at + to_wall), "ip": a.ip, "status": a.status,
+             "form": a.form} for a in arrivals]
     return web.Response(body=orjson.dumps(rows), content_type="application/json")
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
 
 
 async def stats(request: web.Request) -> web.Response:
