@@ -21,7 +21,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 _MOD_ID = re.compile(r"^[0-9a-z]{8}$")
 _SANDBOX_SITE_ID = "18990"
-_SECRET = frozenset({"CTGW_API_TOKENS"})  # an error line must not print a token
+# An error line must not print a token, nor a queue URL (a PostgreSQL one holds a password).
+_SECRET = frozenset({"CTGW_API_TOKENS", "CTGW_QUEUE"})
 _RATE_FORM = "expected requests per second, a number above 0 and at most 1000, e.g. 5"
 # Calltouch's published limit, requests per second per IP: above it, expect 429s.
 CALLTOUCH_RATE = 5.0
@@ -179,9 +180,13 @@ def parse_url(raw: str) -> str:
 
 def parse_queue(raw: str) -> str:
     parts = urlsplit(raw)
-    if parts.scheme != "sqlite" or len(parts.path) < 2:
-        raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
-    return raw
+    if parts.scheme == "sqlite" and len(parts.path) >= 2:
+        return raw
+    if parts.scheme in ("postgresql", "postgres") and parts.hostname and len(parts.path) >= 2:
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        return raw
+    raise ValueError("expected sqlite:///relative/path.db, sqlite:////absolute/path.db or "
+                     "postgresql://user:password@host:port/database")
 
 
 def parse_origins(raw: str) -> frozenset[str]:

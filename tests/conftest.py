@@ -20,6 +20,7 @@ from gateway.config import BotWeights, ClientRate, HostPort, Settings
 from gateway.ops.logs import JsonFormatter
 from gateway.ops.metrics import Metrics
 from gateway.sandbox.server import SandboxThread
+from tests.postgres import postgres, postgres_url
 from tests.support import LOG_LINES, TOKEN, Gateway, Process
 
 
@@ -106,4 +107,4 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-__all__ = ["Gateway", "replace"]
+__all__ = ["Gateway", "postgres", "postgres_url", "replace"]

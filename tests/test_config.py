@@ -45,6 +45,9 @@ def test_defaults() -> None:
     ("CTGW_LISTEN", ":8080", "listen", HostPort("0.0.0.0", 8080)),
     ("CTGW_OPS_LISTEN", "127.0.0.1:0", "ops_listen", HostPort("127.0.0.1", 0)),
     ("CTGW_QUEUE", "sqlite:////var/lib/ctgw/q.db", "queue_url", "sqlite:////var/lib/ctgw/q.db"),
+    ("CTGW_QUEUE", "postgresql://gw:pw@db:5432/ctgw", "queue_url",
+     "postgresql://gw:pw@db:5432/ctgw"),
+    ("CTGW_QUEUE", "postgres://db/ctgw", "queue_url", "postgres://db/ctgw"),
     ("CTGW_RATE", "2.5", "rate", 2.5),
     ("CTGW_RATE", " 3 ", "rate", 3.0),
     ("CTGW_RATE", "", "rate", 5.0),
@@ -84,7 +87,9 @@ def test_good_values(variable: str, raw: str, attribute: str, value: object) -> 
     ("CTGW_LISTEN", "127.0.0.1:70000"),
     ("CTGW_LISTEN", "127.0.0.1:"),
     ("CTGW_OPS_LISTEN", "ops"),
-    ("CTGW_QUEUE", "postgres://db/ctgw"),
+    ("CTGW_QUEUE", "postgres://db"),
+    ("CTGW_QUEUE", "postgresql://user:pw@db:port/ctgw"),
+    ("CTGW_QUEUE", "redis://db/0"),
     ("CTGW_QUEUE", "sqlite://"),
     ("CTGW_QUEUE", "/var/lib/ctgw.db"),
     ("CTGW_RATE", "fast"),
@@ -164,7 +169,7 @@ def test_store_settings_read_only_the_store_variables() -> None:
 
 
 @pytest.mark.parametrize(("variable", "raw"), [
-    ("CTGW_QUEUE", "postgres://db/ctgw"), ("CTGW_LOG_LEVEL", "verbose"),
+    ("CTGW_QUEUE", "postgres://db"), ("CTGW_LOG_LEVEL", "verbose"),
 ])
 def test_store_settings_name_a_bad_variable(variable: str, raw: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -211,3 +216,9 @@ def test_a_bad_token_is_not_echoed() -> None:
         from_env({"CTGW_SITE_ID": "1", "CTGW_API_TOKENS": "short-secret-9"})
     assert caught.value.variable == "CTGW_API_TOKENS"
     assert "short-secret-9" not in str(caught.value)
+
+
+def test_a_bad_queue_url_is_never_printed() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({**SITE, "CTGW_QUEUE": "postgresql://gw:hunter2secret@db:port/ctgw"})
+    assert "hunter2secret" not in str(info.value) and "value hidden" in str(info.value)

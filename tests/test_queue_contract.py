@@ -14,18 +14,21 @@ from gateway.queue import Put, PutResult, Queue, State, open_queue
 T0 = 1_700_000_000.0
 
 
-async def _sqlite(tmp_path: Path) -> Queue:
-    return await open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'q.db'}"
 
 
-# Each backend's opener: called again with the same folder, it opens another connection to
-# the same store (as a second process would).
-BACKENDS: dict[str, Callable[[Path], Awaitable[Queue]]] = {"sqlite": _sqlite}
+# Each backend's fixture giving the URL of a new, empty store (postgres_url: tests/postgres.py).
+# The opener opens that URL: called again, it opens another connection to the same store (as
+# a second gateway would).
+BACKENDS: dict[str, str] = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}
 
 
 @pytest.fixture(params=list(BACKENDS))
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Queue]]:
-    return lambda: BACKENDS[request.param](tmp_path)
+def opener(request: pytest.FixtureRequest) -> Callable[[], Awaitable[Queue]]:
+    url: str = request.getfixturevalue(BACKENDS[request.param])
+    return lambda: open_queue(url)
 
 
 @pytest.fixture

@@ -20,13 +20,25 @@ from gateway.queue.base import (
 
 
 async def open_queue(url: str) -> Queue:
-    """Open the backend that ``url`` names (``sqlite:///…``)."""
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        from .sqlite import SQLiteQueue
+    """Open the backend that ``url`` names (``sqlite:///…``, ``postgresql://…``); a failure
+    is a :class:`QueueError`.
 
+    An OS error (the file cannot be created) becomes one too, so a caller can tell the store's
+    failure from another OS error, such as a listener's port in use.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresQueue  # asyncpg is loaded only by those who use it
+
+        return await PostgresQueue.open(url)
+    if scheme != "sqlite":
+        raise ValueError(f"unsupported queue backend: {scheme!r}")
+    from .sqlite import SQLiteQueue
+
+    try:
         return await SQLiteQueue.open(url)
-    raise ValueError(f"unsupported queue backend: {scheme!r}")
+    except OSError as exc:
+        raise QueueError(exc.strerror or str(exc)) from exc
 
 
 __all__ = [

@@ -1,0 +1,173 @@
+"""The PostgreSQL store's statements, as plain functions of a connection.
+
+Each write is one statement, so one transaction in autocommit: it returns once committed,
+and its triggers (counts, notifications) take their locks last, in key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.queue.base import Job, Put, PutResult, QueueError, State, Stats, Status
+from gateway.queue.postgres_schema import Conn
+
+Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
+
+_PENDING = "state IN ('ready', 'leased', 'delayed')"
+_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL"
+# Inserted in key order, so that two batches holding the same dedup keys wait for each other
+# instead of deadlocking; among equal keys the first of the batch stays first, and wins.
+_INSERT = """
+INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at, site)
+SELECT id, kind, 'ready', payload, dedup_key, created_at, created_at, site
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::float8[], $6::text[])
+    WITH ORDINALITY AS input (id, kind, payload, dedup_key, created_at, site, n)
+ORDER BY site, kind, dedup_key, n
+ON CONFLICT (site, kind, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+_HOLDERS = """
+SELECT j.id, j.kind, j.state, j.created_at, j.attempts, j.last_error, j.upstream_id,
+    j.payload IS NULL, j.site, j.dedup_key FROM jobs AS j
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (site, kind, dedup_key)
+    ON j.site = k.site AND j.kind = k.kind AND j.dedup_key = k.dedup_key
+"""
+# SKIP LOCKED: another gateway's lease in progress is passed over, not waited for.
+_PICK = f"""
+WITH picked AS (
+    SELECT id, visible_at FROM jobs WHERE kind = $1 AND {_PENDING} AND visible_at <= $2
+"""
+# The UPDATE finds the picked rows by their ids in an array: a join, planned for a LIMIT
+# it cannot know in a generic plan, may hash the whole table instead.
+_TAKE = """
+    ORDER BY visible_at LIMIT $3 FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE jobs SET state = 'leased', visible_at = $4, lease = lease + 1
+    WHERE id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING id, kind, payload, created_at, attempts, lease, site
+)
+SELECT l.id, l.kind, l.payload, l.created_at, l.attempts, l.lease, l.site
+FROM leased AS l JOIN picked AS p ON p.id = l.id ORDER BY p.visible_at
+"""
+_LEASE_ANY = _PICK + _TAKE
+_LEASE_SITE = _PICK + "    AND site = $5" + _TAKE
+# The fence: a settlement counts only from the lease that still holds the job.
+HELD = " WHERE id = $1 AND lease = $2 AND state = 'leased'"
+_REPLAY = """
+WITH replayed AS (
+    UPDATE jobs SET state = 'ready', visible_at = $1, attempts = 0, created_at = $1,
+        done_at = NULL
+    WHERE state = 'dead' AND payload IS NOT NULL
+"""
+_REPLAY_ALL = _REPLAY + "RETURNING 1) SELECT count(*) FROM replayed"
+_REPLAY_IDS = _REPLAY + "AND id = ANY($2::text[]) RETURNING 1) SELECT count(*) FROM replayed"
+# jobs_purge's own terms first, so that the planner of a generic plan still sees the index.
+# The outer terms again: a row is only changed as the subquery found it.
+_PURGE = """
+UPDATE jobs SET payload = NULL WHERE id IN (
+    SELECT id FROM jobs WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL
+        AND state = $1 AND done_at < $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED
+) AND state = $1 AND payload IS NOT NULL
+"""
+_NEXT_ANY = f"SELECT min(visible_at) FROM jobs WHERE kind = $1 AND {_PENDING}"
+_NEXT_SITE = _NEXT_ANY + " AND site = $2"
+_COUNTS = "SELECT state, sum(n) FROM job_counts GROUP BY state"
+_OLDEST = f"SELECT min(created_at) FROM jobs WHERE {_PENDING}"
+
+
+def _status(row: Any) -> Status:
+    return Status(str(row[0]), str(row[1]), State(row[2]), float(row[3]), int(row[4]),
+                  row[5], row[6], bool(row[7]))
+
+
+def _created(job_id: str, item: Put, now: float) -> PutResult:
+    return PutResult(Status(job_id, item.kind, State.READY, now, 0, None, None), created=True)
+
+
+async def insert(conn: Conn, rows: Sequence[Row]) -> list[PutResult]:
+    """Insert new jobs in one statement, skipping repeated dedup keys."""
+    items = [item for _, item, _ in rows]
+    created = {record[0] for record in await conn.fetch(
+        _INSERT, [i for i, _, _ in rows], [item.kind for item in items],
+        [item.payload for item in items], [item.dedup_key for item in items],
+        [now for _, _, now in rows], [item.site for item in items],
+    )}
+    if len(created) == len(rows):  # the common case: no repeated dedup key
+        return [_created(i, item, now) for i, item, now in rows]
+    repeats = [item for i, item, _ in rows if i not in created]
+    holders = {(r[8], r[1], r[9]): _status(r) for r in await conn.fetch(
+        _HOLDERS, [item.site for item in repeats], [item.kind for item in repeats],
+        [item.dedup_key for item in repeats],
+    )}
+    results = []
+    for job_id, item, now in rows:
+        if job_id in created:
+            results.append(_created(job_id, item, now))
+            continue
+        holder = holders.get((item.site, item.kind, item.dedup_key))
+        if holder is None:  # cannot be: a skipped insert means a committed holder
+            raise QueueError("postgresql: a repeated dedup key has no job")
+        results.append(PutResult(holder, created=False))
+    return results
+
+
+async def lease(
+    conn: Conn, kind: str, limit: int, until: float, now: float, site: str | None
+) -> list[Job]:
+    if site is None:
+        records = await conn.fetch(_LEASE_ANY, kind, now, limit, until)
+    else:
+        records = await conn.fetch(_LEASE_SITE, kind, now, limit, until, site)
+    return [Job(str(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]), int(r[5]), str(r[6]))
+            for r in records]
+
+
+async def finish(conn: Conn, job: Job, update: str, args: tuple[object, ...]) -> bool:
+    """``update`` (an UPDATE ending in :data:`HELD`) on ``job``; False if the lease was lost."""
+    return _count(await conn.execute(update, job.id, job.lease, *args)) == 1
+
+
+def _count(tag: str) -> int:
+    """The number of rows in a command tag such as ``UPDATE 3``."""
+    return int(tag.rsplit(" ", 1)[-1])
+
+
+async def replay(conn: Conn, job_ids: Sequence[str] | None, now: float) -> int:
+    if job_ids is None:
+        return int(await conn.fetchval(_REPLAY_ALL, now))
+    return int(await conn.fetchval(_REPLAY_IDS, now, list(job_ids)))
+
+
+async def purge(conn: Conn, state: State, before: float, limit: int) -> int:
+    return _count(await conn.execute(_PURGE, state.value, before, limit))
+
+
+async def status(conn: Conn, job_id: str) -> Status | None:
+    rows = await conn.fetch(f"SELECT {_STATUS_COLS} FROM jobs WHERE id = $1", job_id)
+    return _status(rows[0]) if rows else None
+
+
+async def dead(conn: Conn, limit: int) -> list[Status]:
+    rows = await conn.fetch(
+        f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'dead' ORDER BY done_at LIMIT $1", limit
+    )
+    return [_status(r) for r in rows]
+
+
+async def next_visible(conn: Conn, kind: str, site: str | None) -> float | None:
+    if site is None:
+        value = await conn.fetchval(_NEXT_ANY, kind)
+    else:
+        value = await conn.fetchval(_NEXT_SITE, kind, site)
+    return None if value is None else float(value)
+
+
+async def stats(conn: Conn) -> Stats:
+    """From the counts the triggers keep and the age index: no scan of the jobs."""
+    counts = {state: 0 for state in State}
+    for state, count in await conn.fetch(_COUNTS):
+        counts[State(state)] = int(count)
+    oldest = await conn.fetchval(_OLDEST)
+    return Stats(counts, None if oldest is None else float(oldest))
