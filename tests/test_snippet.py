@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import re
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,9 +16,11 @@ import pytest
 
 from gateway.config import ClientRate, Settings
 from gateway.intake.snippet import MOD_ID_SLOT, render, static_text
-from tests.support import Gateway, eventually, lead, post_lead, sandbox_requests
+from tests.support import Gateway, eventually, lead, need_binary, post_lead, sandbox_requests
 
 SIZE_BUDGET = 2048  # bytes, gzipped, as served
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "static" / "src" / "snippet.js"  # static/snippet.js is its esbuild build
 
 
 async def get(
@@ -52,7 +58,7 @@ async def test_served_without_comment_lines_and_csp_friendly(
     _, body = await get(http, f"{gateway.url}/snippet.js", **{"Accept-Encoding": "identity"})
     text = body.decode()
     assert not any(line.lstrip().startswith("//") for line in text.splitlines())
-    assert MOD_ID_SLOT not in text and 'A("mod-id")||""' in text  # no counter id configured
+    assert MOD_ID_SLOT not in text and '("mod-id")||""' in text  # no counter id configured
     for banned in ("eval(", "new Function", "innerHTML", ".style", "setAttribute(\"style"):
         assert banned not in text
     assert "preventDefault" not in text and "stopPropagation" not in text
@@ -68,6 +74,39 @@ async def test_gzip_within_budget(gateway: Gateway, http: aiohttp.ClientSession)
     assert resp.headers["ETag"] != plain.headers["ETag"]  # one tag per representation
     declined, _ = await get(http, f"{gateway.url}/snippet.js", **{"Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in declined.headers
+
+
+def test_built_file_is_one_line_with_the_slot() -> None:
+    # The gateway drops whole-line // comments: the build's header goes, its one code line stays.
+    built = static_text("snippet.js")
+    header = [line for line in built.splitlines() if line.startswith("//")]
+    code = [line for line in built.splitlines() if not line.startswith("//")]
+    assert "static/src/snippet.js" in header[0] and len(code) == 1
+    assert built.count(MOD_ID_SLOT) == 1 and SOURCE.read_text("utf-8").count(MOD_ID_SLOT) == 1
+
+
+def test_esbuild_pinned_exactly() -> None:
+    package = json.loads((ROOT / "package.json").read_text())
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    pinned = package["devDependencies"]["esbuild"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), pinned
+    assert lock["packages"]["node_modules/esbuild"]["version"] == pinned
+    assert f"(esbuild {pinned})" in static_text("snippet.js").splitlines()[0]
+
+
+def test_built_file_is_fresh(tmp_path: Path) -> None:
+    """static/snippet.js is what ``npm run build`` makes of the source (.ci/run checks it too)."""
+    node = need_binary("node")
+    if not (ROOT / "node_modules" / "esbuild").is_dir():
+        message = "esbuild is not installed (npm ci)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "snippet.js"
+    subprocess.run([node, str(ROOT / "scripts" / "build-snippet.mjs"), str(out)],
+                   check=True, timeout=60)
+    assert out.read_bytes() == (ROOT / "static" / "snippet.js").read_bytes(), (
+        "static/snippet.js is stale: run npm run build")
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
@@ -102,7 +141,7 @@ async def test_mod_id_default_injected(
     h = {"Accept-Encoding": "identity"}
     plain_resp, _ = await get(http, f"{plain.url}/snippet.js", **h)
     resp, body = await get(http, f"{with_id.url}/snippet.js", **h)
-    assert 'A("mod-id")||"abcd1234"' in body.decode()
+    assert '("mod-id")||"abcd1234"' in body.decode()
     assert resp.headers["ETag"] != plain_resp.headers["ETag"]  # the tag hashes what is served
     zipped, packed = await get(http, f"{with_id.url}/snippet.js", **{"Accept-Encoding": "gzip"})
     assert zipped.headers["Content-Encoding"] == "gzip"

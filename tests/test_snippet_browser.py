@@ -345,7 +345,9 @@ async def test_never_sends_passwords_cards_or_tokens(
     [form] = await received(http, sandbox, 1)
     assert (form["fio"], form["email"], form["phoneNumber"]) == (
         "Ivan Petrov", "ivan@example.com", PHONE)
-    assert custom(form) == {"delivery_note": "Leave at the door"}
+    # Nor PINs, secrets, one-time codes, passports, SNILS or INNs, whatever their case or spelling.
+    assert custom(form) == {
+        "delivery_note": "Leave at the door", "shipping": "Courier", "postcode": "420000"}
     [posted] = proxy.leads
     raw = orjson.dumps(posted.body).decode()
     assert "SECRET" not in raw and "4111" not in raw, raw
