@@ -54,7 +54,9 @@ class SQLiteQueue:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer: Writer[sql.Row, PutResult] = Writer(self._commit_puts, "ctgw-sqlite-w")
+        self._writer: Writer[tuple[Put, float], PutResult] = Writer(
+            self._commit_puts, "ctgw-sqlite-w"
+        )
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ctgw-sqlite-r")
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
@@ -105,13 +107,15 @@ class SQLiteQueue:
             event.set()
 
     async def put(self, item: Put, now: float) -> PutResult:
-        result = await self._writer.put((new_ids(1)[0], item, now))
+        result = await self._writer.put((item, now))
         if result.created:
             self._wake(item.kind)
         return result
 
-    def _commit_puts(self, rows: list[sql.Row]) -> list[PutResult]:
-        """On the writer thread: every put that was waiting, in one commit."""
+    def _commit_puts(self, puts: list[tuple[Put, float]]) -> list[PutResult]:
+        """On the writer thread: every put that was waiting, in one commit (their ids are
+        drawn here too, in one call, off the event loop)."""
+        rows = [(i, item, now) for i, (item, now) in zip(new_ids(len(puts)), puts, strict=True)]
         return guarded(lambda: sql.insert(self._conn(self._w), rows))
 
     async def put_many(self, items: Sequence[Put], now: float) -> list[PutResult]:
