@@ -24,6 +24,7 @@ from gateway.queue.base import Job, Purged, Put, PutResult, QueueError, State, S
 from gateway.queue.postgres_batch import Batcher
 from gateway.queue.postgres_listen import Listener
 from gateway.queue.postgres_schema import SESSION_SETTINGS, Conn, check_durable, migrate
+from gateway.queue.settling import Settling, Statements
 
 T = TypeVar("T")
 
@@ -65,8 +66,10 @@ async def _connect(url: str) -> Any:
     return await asyncpg.connect(url, server_settings=SESSION_SETTINGS, timeout=CONNECT_SECONDS)
 
 
-class PostgresQueue:
+class PostgresQueue(Settling):
     """The :class:`~gateway.queue.base.Queue` contract on one PostgreSQL database."""
+
+    statements = Statements(_DELIVERED, _BURY, _RETRY, _DEFER, _RELEASE)
 
     def __init__(self, url: str, pool: Any) -> None:
         self._pool = pool
@@ -105,7 +108,7 @@ class PostgresQueue:
     async def put(self, item: Put, now: float) -> PutResult:
         result = await self._puts.put((new_ids(1)[0], item, now))
         if result.created:  # at once: the notification takes a round trip through the server
-            self._listener.wake(item.kind)
+            self._wake(item.kind)
         return result
 
     async def _commit_puts(self, rows: list[sql.Row]) -> list[PutResult]:
@@ -117,7 +120,7 @@ class PostgresQueue:
         rows = [(i, item, now) for i, item in zip(new_ids(len(items)), items, strict=True)]
         results = await self._run(lambda conn: sql.insert(conn, rows))
         for kind in {item.kind for item in items}:
-            self._listener.wake(kind)
+            self._wake(kind)
         return results
 
     async def lease(
@@ -125,29 +128,12 @@ class PostgresQueue:
     ) -> list[Job]:
         return await self._run(lambda c: sql.lease(c, kind, limit, now + visibility, now, site))
 
+    def _wake(self, kind: str) -> None:
+        self._listener.wake(kind)
+
     async def _finish(self, job: Job, update: str, *args: object) -> bool:
         return await self._run(lambda conn: sql.finish(conn, job, update, args))
 
-    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
-        return await self._finish(job, _DELIVERED, upstream_id, now)
-
-    async def bury(self, job: Job, reason: str, now: float) -> bool:
-        return await self._finish(job, _BURY, reason, now)
-
-    async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
-        return await self._back(job, _RETRY, at, error)
-
-    async def defer(self, job: Job, until: float) -> bool:
-        return await self._back(job, _DEFER, until)
-
-    async def release(self, job: Job) -> bool:
-        return await self._back(job, _RELEASE)
-
-    async def _back(self, job: Job, update: str, *args: object) -> bool:
-        """A job goes back to wait: its dispatcher may sleep until a later one, so wake it."""
-        done = await self._finish(job, update, *args)
-        self._listener.wake(job.kind)
-        return done
 
     async def status(self, job_id: str) -> Status | None:
         return await self._run(lambda conn: sql.status(conn, job_id))

@@ -22,6 +22,7 @@ from typing import TypeVar
 from gateway.ids import new_ids
 from gateway.queue import sqlite_sql as sql
 from gateway.queue.base import Job, Purged, Put, PutResult, QueueError, State, Stats, Status
+from gateway.queue.settling import Settling, Statements
 from gateway.queue.sqlite_schema import connect, migrate, path_from_url
 from gateway.queue.writer import Writer
 
@@ -49,8 +50,10 @@ def guarded(fn: Callable[[], T]) -> T:
         raise QueueError(f"sqlite: {exc}") from exc
 
 
-class SQLiteQueue:
+class SQLiteQueue(Settling):
     """The :class:`~gateway.queue.base.Queue` contract on one SQLite file."""
+
+    statements = Statements(_DELIVERED, _BURY, _RETRY, _DEFER, _RELEASE)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -135,26 +138,6 @@ class SQLiteQueue:
     async def _finish(self, job: Job, update: str, *args: object) -> bool:
         return await self._tx(lambda conn: sql.finish(conn, job, update, args))
 
-    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
-        return await self._finish(job, _DELIVERED, upstream_id, now)
-
-    async def bury(self, job: Job, reason: str, now: float) -> bool:
-        return await self._finish(job, _BURY, reason, now)
-
-    async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
-        return await self._back(job, _RETRY, at, error)
-
-    async def defer(self, job: Job, until: float) -> bool:
-        return await self._back(job, _DEFER, until)
-
-    async def release(self, job: Job) -> bool:
-        return await self._back(job, _RELEASE)
-
-    async def _back(self, job: Job, update: str, *args: object) -> bool:
-        """A job goes back to wait: its dispatcher may sleep until a later one, so wake it."""
-        done = await self._finish(job, update, *args)
-        self._wake(job.kind)
-        return done
 
     async def status(self, job_id: str) -> Status | None:
         return await self._read(lambda conn: sql.status(conn, job_id))

@@ -1,0 +1,57 @@
+"""How a backend settles a leased job: one UPDATE each, fenced by the lease number.
+
+Both backends settle the same way and differ only in their statements (placeholders, how the
+lease is checked) and in how they run one; this holds what they share.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from gateway.queue.base import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """A backend's UPDATE for each settlement, with the arguments named beside each."""
+
+    delivered: str  # upstream_id, now
+    bury: str  # reason, now
+    retry: str  # at, error
+    defer: str  # until
+    release: str
+
+
+class Settling(ABC):
+    statements: ClassVar[Statements]
+
+    @abstractmethod
+    async def _finish(self, job: Job, update: str, *args: object) -> bool:
+        """Run ``update`` on ``job`` if its lease still holds; whether it did."""
+
+    @abstractmethod
+    def _wake(self, kind: str) -> None:
+        """Work of ``kind`` may be due sooner: wake this process's waiters."""
+
+    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
+        return await self._finish(job, self.statements.delivered, upstream_id, now)
+
+    async def bury(self, job: Job, reason: str, now: float) -> bool:
+        return await self._finish(job, self.statements.bury, reason, now)
+
+    async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
+        return await self._back(job, self.statements.retry, at, error)
+
+    async def defer(self, job: Job, until: float) -> bool:
+        return await self._back(job, self.statements.defer, until)
+
+    async def release(self, job: Job) -> bool:
+        return await self._back(job, self.statements.release)
+
+    async def _back(self, job: Job, update: str, *args: object) -> bool:
+        """A job goes back to wait: its dispatcher may sleep until a later one, so wake it."""
+        done = await self._finish(job, update, *args)
+        self._wake(job.kind)
+        return done
