@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from gateway.queue.postgres_batch import Batcher
 from gateway.queue.postgres_listen import Listener
 from gateway.queue.postgres_schema import SESSION_SETTINGS, Conn, check_durable, migrate
 from gateway.queue.settling import Settling, Statements
+from gateway.queue.waiting import wait_until_due
 
 T = TypeVar("T")
 
@@ -165,22 +165,16 @@ class PostgresQueue(Settling):
                 return total
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_open()
-            with guarded():
-                await self._listener.connect()
-            woken = self._listener.event(kind)  # before the look: no gap to miss a wake-up in
-            at = await self._run(lambda conn: sql.next_visible(conn, kind, site))
-            now = time.time()
-            if at is not None and at <= now:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            wait = min(left, POLL_SECONDS, left if at is None else at - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), wait)
+        return await wait_until_due(
+            lambda: self._next_visible(kind, site), lambda: self._listener.event(kind),
+            timeout, POLL_SECONDS,
+        )
+
+    async def _next_visible(self, kind: str, site: str | None) -> float | None:
+        self._check_open()
+        with guarded():
+            await self._listener.connect()  # again after a server restart
+        return await self._run(lambda conn: sql.next_visible(conn, kind, site))
 
     async def stats(self) -> Stats:
         return await self._run(sql.stats)

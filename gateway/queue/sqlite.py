@@ -10,10 +10,8 @@ polls for that, and is woken at once by what this process writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +22,7 @@ from gateway.queue import sqlite_sql as sql
 from gateway.queue.base import Job, Purged, Put, PutResult, QueueError, State, Stats, Status
 from gateway.queue.settling import Settling, Statements
 from gateway.queue.sqlite_schema import connect, migrate, path_from_url
+from gateway.queue.waiting import wait_until_due
 from gateway.queue.writer import Writer
 
 T = TypeVar("T")
@@ -172,19 +171,10 @@ class SQLiteQueue(Settling):
                 return total
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            woken = self._work.setdefault(kind, asyncio.Event())  # before the look: no gap
-            at = await self._read(lambda conn: sql.next_visible(conn, kind, site))
-            now = time.time()
-            if at is not None and at <= now:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            wait = min(left, POLL_SECONDS, left if at is None else at - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), wait)
+        return await wait_until_due(
+            lambda: self._read(lambda conn: sql.next_visible(conn, kind, site)),
+            lambda: self._work.setdefault(kind, asyncio.Event()), timeout, POLL_SECONDS,
+        )
 
     async def stats(self) -> Stats:
         return await self._read(sql.stats)
