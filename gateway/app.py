@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -31,6 +32,9 @@ from gateway.ops.retention import Retention
 from gateway.queue import DEFAULT_SITE, Queue, open_queue
 from gateway.relay.pacing import Pacer
 from gateway.relay.relay import Relay
+
+if TYPE_CHECKING:
+    from gateway.relay.fleet_pace import FleetPace
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +144,8 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
-    pacer = Pacer(settings.rate)
+    fleet = await _open_fleet_pace(settings)
+    pacer = fleet if fleet is not None else Pacer(settings.rate)
     metrics.rate_limit.set_function(lambda: pacer.current)
     metrics.rate_limit_max.set(settings.rate)
     client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)
@@ -155,6 +160,21 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     unsent = await relay.stop(settings.shutdown_grace)
     log.info("relay stopped unsent_in_flight=%d", unsent)
+    if fleet is not None:  # after the relay, so that its last calls' stamps are recorded
+        await fleet.close()
+
+
+async def _open_fleet_pace(settings: Settings) -> FleetPace | None:
+    """Gateways on one PostgreSQL queue are a fleet: those of one egress share one pace, kept
+    in that database. A gateway on SQLite is alone and paces in process."""
+    if not settings.queue_url.startswith(("postgresql://", "postgres://")):
+        return None
+    from gateway.relay import fleet_pace  # asyncpg is loaded only by those who use it
+
+    bound = settings.upstream_timeout + fleet_pace.BOUND_SLACK
+    return await fleet_pace.FleetPace.open(
+        settings.queue_url, settings.egress, settings.rate, bound=bound
+    )
 
 
 async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 _MOD_ID = re.compile(r"^[0-9a-z]{8}$")
+_EGRESS = re.compile(r"^[a-z0-9_-]{1,64}$")
 _SANDBOX_SITE_ID = "18990"
 # An error line must not print a token, nor a queue URL (a PostgreSQL one holds a password).
 _SECRET = frozenset({"CTGW_API_TOKENS", "CTGW_QUEUE"})
@@ -89,6 +90,8 @@ class Settings:
     ops_listen: HostPort = HostPort("127.0.0.1", 9464)
     queue_url: str = DEFAULT_QUEUE
     rate: float = CALLTOUCH_RATE
+    # Gateways with the same egress leave through one IP: they share one pace.
+    egress: str = "default"
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     allowed_origins: frozenset[str] = frozenset()
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -214,6 +217,12 @@ def parse_mod_id(raw: str) -> str:
     return raw
 
 
+def parse_egress(raw: str) -> str:
+    if not _EGRESS.fullmatch(raw):
+        raise ValueError("expected 1 to 64 of a-z, 0-9, _ and -, e.g. dc1-nat")
+    return raw
+
+
 def parse_site_id(raw: str) -> str:
     if not (raw.isascii() and raw.isdigit()):
         raise ValueError("expected the numeric Calltouch site id")
@@ -297,6 +306,7 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         ops_listen=_parse(env, "CTGW_OPS_LISTEN", parse_hostport, d.ops_listen),
         queue_url=store.queue_url,
         rate=_parse(env, "CTGW_RATE", parse_rate, d.rate),
+        egress=_parse(env, "CTGW_EGRESS", parse_egress, d.egress),
         api_tokens=_parse(env, "CTGW_API_TOKENS", parse_tokens, d.api_tokens),
         allowed_origins=_parse(env, "CTGW_ALLOWED_ORIGINS", parse_origins, d.allowed_origins),
         trusted_proxies=_parse(env, "CTGW_TRUSTED_PROXIES", parse_networks, d.trusted_proxies),
