@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.queue import Put, PutResult, Queue, State, open_queue
+from gateway.queue import Put, PutResult, Quarantined, Queue, State, open_queue
 
 T0 = 1_700_000_000.0
 
@@ -153,6 +153,7 @@ async def test_stats_count_states_and_the_oldest(queue: Queue) -> None:
     stats = await queue.stats()
     assert stats.counts == {
         State.READY: 1, State.LEASED: 0, State.DELAYED: 1, State.DELIVERED: 1, State.DEAD: 1,
+        State.SPAM: 0,
     }
     assert stats.oldest_pending_at == T0 + 2
 
@@ -346,3 +347,51 @@ async def test_wait_for_work_wakes_on_a_put_made_here_at_once(queue: Queue) -> N
 
 async def test_ping_answers_while_open(queue: Queue) -> None:
     await queue.ping()
+
+
+def spam_of(n: int, at: float = T0, site: str = "default") -> Quarantined:
+    return Quarantined(f"spam-{n:04d}", Put("lead", b'{"n": %d}' % n, f"req-{n}", site),
+                       "score=4 signals=fast,agent", at)
+
+
+async def test_quarantined_spam_is_kept_apart_and_takes_no_dedup_key(queue: Queue) -> None:
+    assert await queue.quarantine([spam_of(1), spam_of(2, T0 + 1)], keep=100) == 0
+    assert await queue.lease("lead", 10, T0 + 100, 30) == []  # never relayed
+    stats = await queue.stats()
+    assert stats.counts[State.SPAM] == 2 and stats.oldest_pending_at is None  # not pending
+    status = await queue.status("spam-0001")
+    assert status is not None and status.public_status == "spam"
+    assert status.last_error == "score=4 signals=fast,agent"
+    real = await put(queue, key="req-1")  # a person's lead with the same number is taken
+    assert real.created
+    listed = await queue.spam(10)
+    assert [s.id for s in listed] == ["spam-0001", "spam-0002"]
+    assert [s.id for s in await queue.spam(10, since=T0 + 1)] == ["spam-0002"]
+
+
+async def test_released_spam_is_queued_as_if_accepted_then(queue: Queue) -> None:
+    await queue.quarantine([spam_of(n, T0 + n) for n in range(4)], keep=100)
+    assert await queue.release_spam(["spam-0001", "nope"], None, T0 + 50) == 1
+    [job] = await queue.lease("lead", 10, T0 + 50, 30)
+    assert (job.id, job.created_at, job.attempts, job.payload) == (
+        "spam-0001", T0 + 1, 0, b'{"n": 1}')
+    assert await queue.release_spam(None, T0 + 3, T0 + 60) == 1  # since a time
+    assert await queue.release_spam(None, None, T0 + 70) == 2  # all the rest
+    assert (await queue.stats()).counts[State.SPAM] == 0
+    assert len(await queue.lease("lead", 10, T0 + 70, 30)) == 3
+
+
+async def test_the_quarantine_is_capped_oldest_first(queue: Queue) -> None:
+    assert await queue.quarantine([spam_of(n, T0 + n) for n in range(5)], keep=3) == 2
+    assert await queue.quarantine([spam_of(n, T0 + n) for n in range(5, 7)], keep=3) == 2
+    assert [s.id for s in await queue.spam(10)] == ["spam-0004", "spam-0005", "spam-0006"]
+    assert (await queue.stats()).counts[State.SPAM] == 3
+
+
+async def test_old_spam_is_purged_in_batches(queue: Queue) -> None:
+    await queue.quarantine([spam_of(n, T0 + n) for n in range(5)], keep=100)
+    assert await queue.purge_spam(T0 + 3, limit=2) == 2
+    assert await queue.purge_spam(T0 + 3, limit=2) == 1
+    assert await queue.purge_spam(T0 + 3, limit=2) == 0
+    assert [s.id for s in await queue.spam(10)] == ["spam-0003", "spam-0004"]
+    assert await queue.status("spam-0000") is None

@@ -26,6 +26,7 @@ class State(StrEnum):
     DELAYED = "delayed"
     DELIVERED = "delivered"
     DEAD = "dead"
+    SPAM = "spam"  # quarantined: never leased, not pending, releasable
 
 
 PENDING = (State.READY, State.LEASED, State.DELAYED)
@@ -70,7 +71,7 @@ class Status:
 
     @property
     def public_status(self) -> str:
-        if self.state in (State.DELIVERED, State.DEAD):
+        if self.state in (State.DELIVERED, State.DEAD, State.SPAM):
             return self.state.value
         return "retrying" if self.attempts else "queued"
 
@@ -84,6 +85,17 @@ class Status:
             "request_id": self.upstream_id,
             "created_at": self.created_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A lead scored as spam, kept to be looked at or released: ``reason`` names the signals
+    and the score, never a value of the lead."""
+
+    id: str
+    put: Put
+    reason: str
+    at: float
 
 
 @dataclass(slots=True)
@@ -153,6 +165,22 @@ class Queue(Protocol):
 
         Works in transactions of at most ``limit`` jobs, letting other writes in between.
         """
+
+    async def quarantine(self, items: Sequence[Quarantined], keep: int) -> int:
+        """Store ``items`` as spam (no dedup key is taken), then drop the oldest spam beyond
+        ``keep``; the number dropped."""
+
+    async def spam(self, limit: int, since: float | None = None) -> list[Status]:
+        """Quarantined jobs, oldest first (accepted at ``since`` or later)."""
+
+    async def release_spam(
+        self, job_ids: Sequence[str] | None, since: float | None, now: float
+    ) -> int:
+        """Queue quarantined jobs (those named, those since a time, or all) as if accepted
+        then: ready at ``now``, their creation time kept."""
+
+    async def purge_spam(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` quarantined jobs accepted before ``before``."""
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
         """Wait until a job of ``kind`` (of ``site``, or any) is visible; ``False`` after

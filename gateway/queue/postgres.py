@@ -19,7 +19,17 @@ import asyncpg  # type: ignore[import-untyped]
 
 from gateway.ids import new_ids
 from gateway.queue import postgres_sql as sql
-from gateway.queue.base import Job, Purged, Put, PutResult, QueueError, State, Stats, Status
+from gateway.queue.base import (
+    Job,
+    Purged,
+    Put,
+    PutResult,
+    Quarantined,
+    QueueError,
+    State,
+    Stats,
+    Status,
+)
 from gateway.queue.postgres_batch import Batcher
 from gateway.queue.postgres_listen import Listener
 from gateway.queue.postgres_schema import SESSION_SETTINGS, Conn, check_durable, migrate
@@ -145,6 +155,24 @@ class PostgresQueue(Settling):
         replayed = await self._run(lambda conn: sql.replay(conn, job_ids, now))
         self._listener.wake()
         return replayed
+
+    async def quarantine(self, items: Sequence[Quarantined], keep: int) -> int:
+        if not items:
+            return 0
+        return await self._run(lambda conn: sql.quarantine(conn, items, keep))
+
+    async def spam(self, limit: int, since: float | None = None) -> list[Status]:
+        return await self._run(lambda conn: sql.spam(conn, limit, since))
+
+    async def release_spam(
+        self, job_ids: Sequence[str] | None, since: float | None, now: float
+    ) -> int:
+        released = await self._run(lambda conn: sql.release_spam(conn, job_ids, since, now))
+        self._listener.wake()
+        return released
+
+    async def purge_spam(self, before: float, limit: int) -> int:
+        return await self._run(lambda conn: sql.purge_spam(conn, before, limit))
 
     async def purge(self, delivered_before: float, dead_before: float, limit: int) -> Purged:
         if limit < 1:

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.queue.base import Job, Put, PutResult, QueueError, State, Stats, Status
+from gateway.queue.base import (
+    Job,
+    Put,
+    PutResult,
+    Quarantined,
+    QueueError,
+    State,
+    Stats,
+    Status,
+)
 from gateway.queue.postgres_schema import Conn
 
 Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
@@ -63,13 +72,14 @@ WITH replayed AS (
 _REPLAY_ALL = _REPLAY + "RETURNING 1) SELECT count(*) FROM replayed"
 _REPLAY_IDS = _REPLAY + "AND id = ANY($2::text[]) RETURNING 1) SELECT count(*) FROM replayed"
 # jobs_purge's own terms first, so that the planner of a generic plan still sees the index.
-# The outer terms again: a row is only changed as the subquery found it.
+# A CTE, run once (see _SPAM_DROP); its rows stay locked until the update.
 _PURGE = """
-UPDATE jobs SET payload = NULL WHERE id IN (
+WITH batch AS MATERIALIZED (
     SELECT id FROM jobs WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL
         AND state = $1 AND done_at < $2
     LIMIT $3 FOR UPDATE SKIP LOCKED
-) AND state = $1 AND payload IS NOT NULL
+)
+UPDATE jobs SET payload = NULL FROM batch WHERE jobs.id = batch.id
 """
 _NEXT_ANY = f"SELECT min(visible_at) FROM jobs WHERE kind = $1 AND {_PENDING}"
 _NEXT_SITE = _NEXT_ANY + " AND site = $2"
@@ -171,3 +181,65 @@ async def stats(conn: Conn) -> Stats:
         counts[State(state)] = int(count)
     oldest = await conn.fetchval(_OLDEST)
     return Stats(counts, None if oldest is None else float(oldest))
+
+
+_QUARANTINE = """
+INSERT INTO jobs (id, kind, state, payload, created_at, visible_at, site, last_error)
+SELECT id, kind, 'spam', payload, at, at, site, reason
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::text[], $6::text[])
+    AS input (id, kind, payload, at, site, reason)
+ON CONFLICT (id) DO NOTHING
+"""
+_SPAM_HELD = "SELECT coalesce(sum(n), 0) FROM job_counts WHERE state = 'spam'"
+# The oldest first, by jobs_spam. A CTE, run once: as an IN (subquery) the planner may run
+# the LIMIT ... SKIP LOCKED again for each row, each time past the rows already locked.
+_SPAM_DROP = """
+WITH doomed AS MATERIALIZED (
+    SELECT id FROM jobs WHERE state = 'spam' AND created_at < $1
+    ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id
+"""
+_SPAM_LIST = (
+    f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= $1"
+    " ORDER BY created_at LIMIT $2"
+)
+_SPAM_RELEASE = (
+    "UPDATE jobs SET state = 'ready', visible_at = $1, last_error = NULL"
+    " WHERE state = 'spam' AND payload IS NOT NULL"
+)
+
+
+async def quarantine(conn: Conn, items: Sequence[Quarantined], keep: int) -> int:
+    """Store spam, then cut the quarantine back to ``keep``, the oldest first."""
+    async with conn.transaction():
+        await conn.execute(
+            _QUARANTINE, [q.id for q in items], [q.put.kind for q in items],
+            [q.put.payload for q in items], [q.at for q in items],
+            [q.put.site for q in items], [q.reason for q in items],
+        )
+        excess = int(await conn.fetchval(_SPAM_HELD)) - keep
+        if excess <= 0:
+            return 0
+        return _count(await conn.execute(_SPAM_DROP, float("inf"), excess))
+
+
+async def spam(conn: Conn, limit: int, since: float | None) -> list[Status]:
+    rows = await conn.fetch(_SPAM_LIST, -1.0 if since is None else since, limit)
+    return [_status(r) for r in rows]
+
+
+async def release_spam(
+    conn: Conn, job_ids: Sequence[str] | None, since: float | None, now: float
+) -> int:
+    if job_ids is not None:
+        tag = await conn.execute(_SPAM_RELEASE + " AND id = ANY($2::text[])", now, list(job_ids))
+    elif since is not None:
+        tag = await conn.execute(_SPAM_RELEASE + " AND created_at >= $2", now, since)
+    else:
+        tag = await conn.execute(_SPAM_RELEASE, now)
+    return _count(tag)
+
+
+async def purge_spam(conn: Conn, before: float, limit: int) -> int:
+    return _count(await conn.execute(_SPAM_DROP, before, limit))

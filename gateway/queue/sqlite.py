@@ -19,7 +19,17 @@ from typing import TypeVar
 
 from gateway.ids import new_ids
 from gateway.queue import sqlite_sql as sql
-from gateway.queue.base import Job, Purged, Put, PutResult, QueueError, State, Stats, Status
+from gateway.queue.base import (
+    Job,
+    Purged,
+    Put,
+    PutResult,
+    Quarantined,
+    QueueError,
+    State,
+    Stats,
+    Status,
+)
 from gateway.queue.settling import Settling, Statements
 from gateway.queue.sqlite_schema import connect, migrate, path_from_url
 from gateway.queue.waiting import wait_until_due
@@ -169,6 +179,29 @@ class SQLiteQueue(Settling):
             self._unflushed = self._unflushed or count > 0
             if count < limit:
                 return total
+
+    async def quarantine(self, items: Sequence[Quarantined], keep: int) -> int:
+        if not items:
+            return 0
+        dropped = await self._tx(lambda conn: sql.quarantine(conn, items, keep))
+        self._unflushed = self._unflushed or dropped > 0  # deleted spam may sit in the WAL
+        return dropped
+
+    async def spam(self, limit: int, since: float | None = None) -> list[Status]:
+        return await self._read(lambda conn: sql.spam(conn, limit, since))
+
+    async def release_spam(
+        self, job_ids: Sequence[str] | None, since: float | None, now: float
+    ) -> int:
+        released = await self._tx(lambda conn: sql.release_spam(conn, job_ids, since, now))
+        for kind in list(self._work):
+            self._wake(kind)
+        return released
+
+    async def purge_spam(self, before: float, limit: int) -> int:
+        purged = await self._tx(lambda conn: sql.purge_spam(conn, before, limit))
+        self._unflushed = self._unflushed or purged > 0
+        return purged
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
         return await wait_until_due(

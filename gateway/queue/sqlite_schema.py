@@ -1,9 +1,10 @@
 """The SQLite store's schema, its upgrades, and how a connection is opened.
 
 ``PRAGMA user_version`` names the schema: 0 is a new file, or one made before versions were
-kept (no ``site`` column, no counts); :func:`migrate` brings either to :data:`VERSION` in one
-transaction. Counts by state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few
-rows instead of scanning every job.
+kept (no ``site`` column, no counts); 2 has no index of quarantined spam. :func:`migrate`
+brings any of them to :data:`VERSION` in one transaction (every step is idempotent). Counts
+by state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few rows instead of
+scanning every job.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.queue.base import PENDING
 
-VERSION = 2
+VERSION = 3
 PENDING_SQL = "(" + ", ".join(f"'{state.value}'" for state in PENDING) + ")"
 
 _JOBS = """
@@ -45,6 +46,7 @@ CREATE INDEX IF NOT EXISTS jobs_done ON jobs (state, done_at)
     WHERE state IN ('delivered', 'dead');
 CREATE INDEX IF NOT EXISTS jobs_purge ON jobs (state, done_at)
     WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_spam ON jobs (created_at) WHERE state = 'spam';
 CREATE TABLE IF NOT EXISTS job_counts (
     site  TEXT NOT NULL,
     kind  TEXT NOT NULL,

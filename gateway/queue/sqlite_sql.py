@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from gateway.queue.base import Job, Put, PutResult, State, Stats, Status
+from gateway.queue.base import Job, Put, PutResult, Quarantined, State, Stats, Status
 from gateway.queue.sqlite_schema import BUSY_MS, PENDING_SQL
 
 T = TypeVar("T")
@@ -188,3 +188,54 @@ def stats(conn: sqlite3.Connection) -> Stats:
         f"SELECT min(created_at) FROM jobs WHERE state IN {PENDING_SQL}"
     ).fetchone()[0]
     return Stats(counts, None if oldest is None else float(oldest))
+
+
+_QUARANTINE = (
+    "INSERT OR IGNORE INTO jobs"
+    " (id, kind, state, payload, created_at, visible_at, site, last_error)"
+    " VALUES (?, ?, 'spam', ?, ?, ?, ?, ?)"
+)
+# Each of these names the terms of jobs_spam's WHERE, so the planner walks that index.
+_SPAM_OLDEST = "SELECT rowid FROM jobs WHERE state = 'spam' ORDER BY created_at LIMIT ?"
+_SPAM_LIST = f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= ?"
+_SPAM_RELEASE = (
+    "UPDATE jobs SET state = 'ready', visible_at = ?, last_error = NULL"
+    " WHERE state = 'spam' AND payload IS NOT NULL"
+)
+_SPAM_PURGE = (
+    "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE state = 'spam'"
+    " AND created_at < ? ORDER BY created_at LIMIT ?)"
+)
+
+
+def quarantine(conn: sqlite3.Connection, items: Sequence[Quarantined], keep: int) -> int:
+    """Store spam, then cut the quarantine back to ``keep``, the oldest first."""
+    conn.executemany(_QUARANTINE, [
+        (q.id, q.put.kind, q.put.payload, q.at, q.at, q.put.site, q.reason) for q in items
+    ])
+    held = conn.execute("SELECT coalesce(sum(n), 0) FROM job_counts WHERE state = 'spam'")
+    excess = int(held.fetchone()[0]) - keep
+    if excess <= 0:
+        return 0
+    return conn.execute(f"DELETE FROM jobs WHERE rowid IN ({_SPAM_OLDEST})", (excess,)).rowcount
+
+
+def spam(conn: sqlite3.Connection, limit: int, since: float | None) -> list[Status]:
+    rows = conn.execute(_SPAM_LIST + " ORDER BY created_at LIMIT ?",
+                        (-1.0 if since is None else since, limit)).fetchall()
+    return [_status(r) for r in rows]
+
+
+def release_spam(
+    conn: sqlite3.Connection, job_ids: Sequence[str] | None, since: float | None, now: float
+) -> int:
+    if job_ids is not None:
+        return sum(conn.execute(f"{_SPAM_RELEASE} AND id = ?", (now, i)).rowcount
+                   for i in job_ids)
+    if since is not None:
+        return conn.execute(f"{_SPAM_RELEASE} AND created_at >= ?", (now, since)).rowcount
+    return conn.execute(_SPAM_RELEASE, (now,)).rowcount
+
+
+def purge_spam(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    return conn.execute(_SPAM_PURGE, (before, limit)).rowcount
