@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from gateway import __version__, app
+from gateway import __version__, app, spam_cli
 from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, store_from_env
 from gateway.ops import logs
 from gateway.queue import Queue, QueueError, State, open_queue
@@ -33,7 +33,8 @@ _GC_YOUNG = 20_000
 # argparse prints these as they are: plain text, not the reStructuredText of the docstrings.
 _DESCRIPTION = (
     "A durable, rate-limited gateway from website forms to the Calltouch API. "
-    "'serve' runs it; 'queue stats', 'dead list' and 'dead replay' look after its queue."
+    "'serve' runs it; 'queue stats', 'dead list', 'dead replay', 'spam list' and "
+    "'spam release' look after its queue."
 )
 _SERVE_EPILOG = """\
 All configuration is from the environment (every variable is in README.md); the main ones:
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     queue = sub.add_parser("queue", help="inspect the queue", epilog=_STORE_EPILOG)
     queue.add_argument("action", choices=["stats"], help="stats: jobs by state, oldest age")
     _dead_parsers(sub.add_parser("dead", help="dead letters", epilog=_STORE_EPILOG))
+    spam_cli.add_parsers(
+        sub.add_parser("spam", help="leads scored as spam, kept apart", epilog=_STORE_EPILOG),
+        _STORE_EPILOG,
+    )
     return parser
 
 
@@ -191,6 +196,8 @@ async def _purged_dead(queue: Queue, ids: list[str] | None) -> int:
 def _store_action(args: argparse.Namespace) -> Action:
     if args.command == "queue":
         return _stats
+    if args.command == "spam":
+        return spam_cli.action(args)
     if args.action == "list":
         return _dead_list(args.limit)
     return _replay(None if args.all else args.ids)

@@ -25,6 +25,7 @@ from gateway.intake import listener, snippet
 from gateway.intake.edge import edge, unmatched
 from gateway.intake.handlers import Intake
 from gateway.intake.listener import bound_address
+from gateway.intake.quarantine import Quarantine
 from gateway.kinds.lead import LeadKind
 from gateway.ops.endpoints import create_ops_app
 from gateway.ops.metrics import Metrics
@@ -126,7 +127,10 @@ async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    retention = Retention(app[QUEUE], app[METRICS], settings.retention, settings.dead_retention)
+    retention = Retention(
+        app[QUEUE], app[METRICS], settings.retention, settings.dead_retention,
+        spam_retention=settings.spam_retention,
+    )
     retention.start()
     yield
     await retention.stop()
@@ -178,8 +182,12 @@ async def _open_fleet_pace(settings: Settings) -> FleetPace | None:
 
 
 async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[INTAKE] = Intake(app[SETTINGS], app[QUEUE], app[METRICS])
+    settings = app[SETTINGS]
+    quarantine = Quarantine(app[QUEUE], settings.spam_max)
+    app[INTAKE] = Intake(settings, app[QUEUE], app[METRICS], quarantine)
+    quarantine.start()
     yield
+    await quarantine.stop()
 
 
 async def _start_draining(app: web.Application) -> None:

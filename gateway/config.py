@@ -98,6 +98,8 @@ class Settings:
     client_rate: ClientRate = ClientRate(10 / 60, 5)
     retention: float = 7 * 86400.0
     dead_retention: float = 30 * 86400.0
+    spam_retention: float = 7 * 86400.0
+    spam_max: int = 100_000
     max_age: float = 72 * 3600.0
     lease_timeout: float = 60.0
     timezone: str = "Europe/Moscow"
@@ -317,6 +319,8 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         timezone=_parse(env, "CTGW_TIMEZONE", parse_timezone, d.timezone),
         log_level=store.log_level,
         dead_retention=_parse(env, "CTGW_DEAD_RETENTION", parse_duration, d.dead_retention),
+        spam_retention=_parse(env, "CTGW_SPAM_RETENTION", parse_duration, d.spam_retention),
+        spam_max=_parse(env, "CTGW_SPAM_MAX", parse_count, d.spam_max),
         header_timeout=_parse(env, "CTGW_HEADER_TIMEOUT", parse_timeout, d.header_timeout),
         body_timeout=_parse(env, "CTGW_BODY_TIMEOUT", parse_timeout, d.body_timeout),
         max_connections=_parse(env, "CTGW_MAX_CONNECTIONS", parse_count, d.max_connections),

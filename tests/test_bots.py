@@ -13,6 +13,7 @@ from gateway.config import BotWeights, Settings
 from gateway.intake import bots
 from gateway.intake.bots import BotScorer, Score
 from gateway.intake.handlers import Intake
+from gateway.intake.quarantine import Quarantine
 from gateway.ops.metrics import Metrics
 from gateway.queue import Queue
 
@@ -112,11 +113,13 @@ def test_each_signal_is_configurable(
 async def test_every_signal_has_its_series_from_the_start() -> None:
     """increase() sees the first firing only of a series that existed before it."""
     registry = Metrics()
-    Intake(Settings(site_id="1"), cast(Queue, None), registry)
+    queue = cast(Queue, None)
+    Intake(Settings(site_id="1"), queue, registry, Quarantine(queue, 10))
     assert ("honeypot", *bots.SIGNALS) == bots.BOT_SIGNALS
     for signal in bots.BOT_SIGNALS:
-        value = registry.registry.get_sample_value("ctgw_bot_signals_total", {"signal": signal})
-        assert value == 0.0, signal
+        for series in ("ctgw_bot_signals_total", "ctgw_leads_quarantined_total"):
+            value = registry.registry.get_sample_value(series, {"signal": signal})
+            assert value == 0.0, (series, signal)
 
 
 HEADERS = st.none() | st.text(max_size=60) | st.sampled_from([SITE, f"{SITE}/x", "null", "//x"])

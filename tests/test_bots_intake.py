@@ -187,7 +187,7 @@ async def test_sandbox_mode_shows_spam_verdicts_at_info_and_to_the_demo_page(
     assert verdict["signals"] == ["fast", "origin", "agent"] and verdict["score"] == 5
     assert verdict["at"][:2] == "20"  # a wall-clock time, readable
     assert "Иван" not in str(verdict) and "79205550055" not in str(verdict)
-    [line] = [r for r in caplog.records if "bot lead not queued" in r.getMessage()]
+    [line] = [r for r in caplog.records if "bot lead quarantined" in r.getMessage()]
     assert line.levelname == "INFO" and "signals=fast,origin,agent" in line.getMessage()
 
 
@@ -196,7 +196,7 @@ async def test_outside_sandbox_mode_spam_verdicts_stay_at_debug(
 ) -> None:
     resp, _ = await send(http, f"{gw.url}/leads", lead(1, _elapsed=100), {})
     assert resp.status == 202
-    [line] = [r for r in caplog.records if "bot lead not queued" in r.getMessage()]
+    [line] = [r for r in caplog.records if "bot lead quarantined" in r.getMessage()]
     assert line.levelname == "DEBUG"
     async with http.get(f"{gw.url}/sandbox/spam") as answer:
         assert answer.status == 404

@@ -25,9 +25,10 @@ from gateway.intake import bodies
 from gateway.intake.bots import BOT_SIGNALS, BotScorer, origin_names_site
 from gateway.intake.clients import ClientLimiter, client_ip
 from gateway.intake.listener import read_body
+from gateway.intake.quarantine import Quarantine
 from gateway.kinds import lead as leads
 from gateway.ops.metrics import Metrics
-from gateway.queue import Queue, QueueError
+from gateway.queue import Quarantined, Queue, QueueError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Intake:
     settings: Settings
     queue: Queue
     metrics: Metrics
+    quarantine: Quarantine
     draining: bool = False
     _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
     _tokens: list[bytes] = field(init=False, repr=False)
@@ -61,6 +63,8 @@ class Intake:
         self._tokens = [t.encode() for t in self.settings.api_tokens]
         self._bots = BotScorer.from_settings(self.settings)
         self._signals = {s: self.metrics.bot_signals.labels(s) for s in BOT_SIGNALS}
+        for signal in BOT_SIGNALS:  # every series from the start, for increase()
+            self.metrics.quarantined.labels(signal)
 
     async def browser(self, request: web.Request) -> web.Response:
         return await self._counted(request, "browser")
@@ -133,9 +137,10 @@ class Intake:
         body = await read_body(request, self.settings.body_timeout)
         data = bodies.decode(bodies.media_type(request.headers.get("Content-Type", "")), body)
         lead = leads.validate(data, channel, self._tz)
-        if self._is_bot(request, lead, channel, origin_named):
-            # A bot gets the answer a person gets, so it learns nothing; nothing is queued.
-            return self._answer(new_id(), "queued", 202, "spam")
+        verdict = self._bot_verdict(request, lead, channel, origin_named)
+        if verdict is not None:
+            # A bot gets the answer a person gets, so it learns nothing; it is quarantined.
+            return self._answer(self._quarantine(lead, *verdict), "queued", 202, "spam")
         try:
             result = await self.queue.put(leads.to_put(lead, self._tz), time.time())
         except (QueueError, ConnectionError):
@@ -145,15 +150,15 @@ class Intake:
             return self._answer(result.status.id, result.status.public_status, 200, "duplicate")
         return self._answer(result.status.id, "queued", 202, "accepted")
 
-    def _is_bot(
+    def _bot_verdict(
         self, request: web.Request, lead: leads.Lead, channel: leads.Channel, origin_named: bool
-    ) -> bool:
+    ) -> tuple[tuple[str, ...], int | None] | None:
+        """The signals and score of a bot's lead; ``None`` for a person's."""
         if lead.honeypot:
             self._signals["honeypot"].inc()
-            self._spam(("honeypot",), None)
-            return True
+            return ("honeypot",), None
         if channel == "api":
-            return False  # a token holder's server: the browser's signals do not apply
+            return None  # a token holder's server: the browser's signals do not apply
         headers = request.headers
         score = self._bots.score(lead.elapsed, headers.get("Origin"), headers.get("Referer"),
                                  headers.get("User-Agent"), request.host,
@@ -161,22 +166,25 @@ class Intake:
         # Counted below the threshold too: how often each fires on real leads guides the weights.
         for signal in score.signals:
             self._signals[signal].inc()
-        if score.bot:
-            self._spam(score.signals, score.points)
-        return score.bot
+        return (score.signals, score.points) if score.bot else None
 
-    def _spam(self, signals: tuple[str, ...], points: int | None) -> None:
-        """Signal names and points only: never a header's or a field's value. In sandbox mode
-        a tester sees the verdict at INFO and on the demo page, since it is easily a headless
-        browser's."""
+    def _quarantine(self, lead: leads.Lead, signals: tuple[str, ...], points: int | None) -> str:
+        """Keep a bot's lead apart (``ct-gateway spam list``); its id. Signal names and points
+        only, never a header's or a field's value. In sandbox mode a tester sees the verdict at
+        INFO and on the demo page, since it is easily a headless browser's."""
+        job_id = new_id()
+        reason = f"score={'-' if points is None else points} signals={','.join(signals)}"
+        self.quarantine.add(Quarantined(job_id, leads.to_put(lead, self._tz), reason, time.time()))
+        for signal in signals:
+            self.metrics.quarantined.labels(signal).inc()
         level = logging.INFO if self.settings.sandbox else logging.DEBUG
-        log.log(level, "bot lead not queued score=%s signals=%s",
-                "-" if points is None else points, ",".join(signals))
+        log.log(level, "bot lead quarantined job=%s %s", job_id, reason)
         if self.settings.sandbox:
             self.spam_seen.appendleft(
                 {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "signals": list(signals),
                  "score": points}
             )
+        return job_id
 
     @staticmethod
     def _answer(job_id: str, status: str, code: int, outcome: str) -> Answer:

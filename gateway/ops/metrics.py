@@ -63,6 +63,11 @@ class Metrics:
             "several.",
             ["signal"], registry=r,
         )
+        self.quarantined = Counter(
+            "ctgw_leads_quarantined", "Leads scored as spam and quarantined, by the signals that "
+            "fired; one lead may count under several.",
+            ["signal"], registry=r,
+        )
         self.upstream = Counter(
             "ctgw_upstream_requests", "Requests to Calltouch, by method and outcome.",
             ["method", "outcome"], registry=r,
@@ -126,7 +131,9 @@ class QueueCollector(Collector):
     """Queue gauges from the last stats read (refreshed by the ``/metrics`` handler)."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, int] = {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+        self.jobs: dict[str, int] = {
+            "ready": 0, "leased": 0, "delayed": 0, "dead": 0, "spam": 0,
+        }
         self.oldest_age = 0.0
 
     def collect(self) -> list[GaugeMetricFamily]:

@@ -38,6 +38,7 @@ class Retention:
         retention: float,
         dead_retention: float,
         *,
+        spam_retention: float = 7 * 86400.0,
         batch: int = BATCH,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -45,6 +46,7 @@ class Retention:
         self._metrics = metrics
         self._retention = retention
         self._dead_retention = dead_retention
+        self._spam_retention = spam_retention
         self._batch = batch
         self._clock = clock
         self.interval = interval(retention, dead_retention)
@@ -69,9 +71,19 @@ class Retention:
         counter.labels("dead").inc(purged.dead)
         if purged.delivered or purged.dead:
             log.info("retention purged delivered=%d dead=%d", purged.delivered, purged.dead)
+        spam = await self._purge_spam(now - self._spam_retention)
+        if spam:
+            log.info("retention purged spam=%d", spam)
         if not purged.flushed:
             log.warning("retention: a reader held the WAL; purged bytes go at the next purge")
         return purged
+
+    async def _purge_spam(self, before: float) -> int:
+        """Quarantined spam past its retention goes whole: nothing of it is ever needed."""
+        total = 0
+        while (count := await self._queue.purge_spam(before, self._batch)) == self._batch:
+            total += count
+        return total + count
 
     async def _run(self) -> None:
         while True:

@@ -68,6 +68,7 @@ class Status:
     last_error: str | None
     upstream_id: str | None
     purged: bool = False  # the payload is gone: nothing left to send, a dead one stays dead
+    site: str = DEFAULT_SITE
 
     @property
     def public_status(self) -> str:

@@ -24,7 +24,9 @@ from gateway.queue.postgres_schema import Conn
 Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
 
 _PENDING = "state IN ('ready', 'leased', 'delayed')"
-_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL"
+_STATUS_COLS = (
+    "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL, site"
+)
 # Inserted in key order, so that two batches holding the same dedup keys wait for each other
 # instead of deadlocking; among equal keys the first of the batch stays first, and wins.
 _INSERT = """
@@ -89,7 +91,7 @@ _OLDEST = f"SELECT min(created_at) FROM jobs WHERE {_PENDING}"
 
 def _status(row: Any) -> Status:
     return Status(str(row[0]), str(row[1]), State(row[2]), float(row[3]), int(row[4]),
-                  row[5], row[6], bool(row[7]))
+                  row[5], row[6], bool(row[7]), str(row[8]))
 
 
 def _created(job_id: str, item: Put, now: float) -> PutResult:

@@ -17,7 +17,9 @@ from gateway.queue.sqlite_schema import BUSY_MS, PENDING_SQL
 T = TypeVar("T")
 Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
 
-_STATUS_COLS = "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL"
+_STATUS_COLS = (
+    "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL, site"
+)
 _INSERT = (
     "INSERT OR IGNORE INTO jobs"
     " (id, kind, state, payload, dedup_key, created_at, visible_at, site) VALUES "
@@ -56,10 +58,11 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T])
 
 
 def _status(row: tuple[object, ...]) -> Status:
-    id_, kind, state, created, attempts, error, upstream, purged = row
+    id_, kind, state, created, attempts, error, upstream, purged, site = row
     return Status(
         str(id_), str(kind), State(state), float(created),  # type: ignore[arg-type]
         int(attempts), error, upstream, bool(purged),  # type: ignore[call-overload, arg-type]
+        str(site),
     )
 
 
