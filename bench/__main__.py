@@ -1,4 +1,4 @@
-"""``python -m bench {intake,relay,memory,all,flood}``: run, print a summary table, save JSON.
+"""``python -m bench {intake,relay,memory,all,flood,pg,fleet}``: run, print a summary, save JSON.
 
 Progress goes to stderr, the table to stdout, the full results (every round) to
 ``bench/results/<time>-<command>.json``.
@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import flood, intake, memory, relay, report, scrape, summary
+from bench import fleet, flood, intake, memory, pg, relay, report, scrape, summary
 
 # The options' own defaults are the CLI's: one place to change them.
 _INTAKE, _RELAY = intake.IntakeOptions(), relay.RelayOptions()
 _MEMORY, _FLOOD = memory.MemoryOptions(), flood.FloodOptions()
 _SCRAPE = scrape.ScrapeOptions()
+_PG, _FLEET = pg.PgOptions(), fleet.FleetOptions()
 
 
 def _intake_args(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +64,30 @@ def _flood_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--loris", type=int, default=_FLOOD.loris, help="slow-loris connections")
 
 
+def _pg_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pg")
+    group.add_argument("--pg-rounds", type=int, default=_PG.rounds,
+                       help="intake rounds per server (bare, SQLite, PostgreSQL)")
+    group.add_argument("--pg-seconds", type=float, default=_PG.seconds, help="seconds per round")
+    group.add_argument("--pg-connections", type=int, default=_PG.connections)
+    group.add_argument("--pg-leads", type=int, default=_PG.leads,
+                       help="leads queued for the size and the scrape (0: skip them)")
+
+
+def _fleet_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fleet")
+    group.add_argument("--fleet-leads", type=int, default=_FLEET.leads, help="leads per point")
+    group.add_argument("--fleet-sizes", default=",".join(map(str, _FLEET.sizes)),
+                       help="gateway counts, comma-separated")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"intake": [_intake_args], "relay": [_relay_args], "memory": [_memory_args],
-                "all": [_intake_args, _relay_args, _memory_args], "flood": [_flood_args]}
+                "all": [_intake_args, _relay_args, _memory_args], "flood": [_flood_args],
+                "pg": [_pg_args], "fleet": [_fleet_args]}
     for name, adders in commands.items():
         command = sub.add_parser(name)
         command.add_argument("--dir", type=Path, default=None,
@@ -89,6 +108,14 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if name == "relay":
         return relay.run(relay.RelayOptions(leads=args.leads, rounds=args.relay_rounds),
                          workdir / "relay")
+    if name == "pg":
+        return pg.run(pg.PgOptions(rounds=args.pg_rounds, seconds=args.pg_seconds,
+                                   connections=args.pg_connections, leads=args.pg_leads),
+                      workdir / "pg")
+    if name == "fleet":
+        sizes = tuple(int(size) for size in args.fleet_sizes.split(","))
+        return fleet.run(fleet.FleetOptions(leads=args.fleet_leads, sizes=sizes),
+                         workdir / "fleet")
     if name == "flood":
         return flood.run(flood.FloodOptions(
             leads=args.flood_leads, rate=args.flood_rate, connections=args.junk_connections,

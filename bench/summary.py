@@ -118,7 +118,55 @@ def _scrape_machine_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
-ROWS = {"intake": intake_rows, "relay": relay_rows, "memory": memory_rows}
+def pg_rows(result: dict[str, Any]) -> list[Row]:
+    tput = result["throughput"]
+    rate = tput["rate"]
+    ok = tput["errors_total"] == 0 and tput["durable_ok"]
+    rows = [
+        Row(f"intake acks/s on PostgreSQL ({tput['tool']}, {tput['connections']} conn)",
+            f"{rate['postgresql']:.0f}", f"{rate['bare']:.0f} bare",
+            _x(tput["postgresql_vs_bare"]), "durable, no errors", ok),
+        Row("  the same on SQLite", f"{rate['sqlite']:.0f}", f"{rate['bare']:.0f} bare",
+            _x(tput["sqlite_vs_bare"]), "-", None),
+        Row("  PostgreSQL against SQLite", f"{rate['postgresql']:.0f}",
+            f"{rate['sqlite']:.0f} SQLite", _x(tput["postgresql_vs_sqlite"]), "-", None),
+    ]
+    if "size" in result:
+        size = result["size"]
+        n = size["leads"]
+        rows += [
+            Row(f"  PostgreSQL bytes per queued lead ({n:,})", f"{size['bytes_per_lead']:.0f} B",
+                f"{size['fill']['mean_payload_bytes']:.0f} B payload",
+                _x(size["bytes_per_lead"] / size["fill"]["mean_payload_bytes"]), "-", None),
+            Row(f"  /metrics scrape on PostgreSQL, {n:,} queued", f"{size['scrape_ms']:.1f} ms",
+                f"{size['baseline_scrape_ms']:.1f} ms empty",
+                _x(size["scrape_ms"] / size["baseline_scrape_ms"]),
+                f"<= {SCRAPE_LIMIT_MS:g} ms", size["scrape_ms"] <= SCRAPE_LIMIT_MS
+                and size["all_queued"]),
+        ]
+    return rows
+
+
+def fleet_rows(result: dict[str, Any]) -> list[Row]:
+    rate, rows = result["rate"], []
+    for point in result["points"]:
+        ok = (point["rate_vs_limit"] >= 0.95 and point["rate_limited_429"] == 0
+              and point["max_in_window"] <= rate and point["unique_delivered"] == result["leads"]
+              and not point["timed_out"])
+        rows.append(Row(
+            f"fleet drain, {point['gateways']} gateway(s), {result['leads']} leads",
+            f"{point['steady_rate']:.2f}/s", f"limit {rate:g}/s", _x(point["rate_vs_limit"]),
+            ">= 0.95x, 0 429s, <= 5 a second", ok))
+        rows.append(Row(
+            "  drain against ideal; 429s; max in 1 s; duplicates",
+            f"{point['drain_seconds']:.1f} s", f"{point['ideal_seconds']:.0f} s ideal",
+            f"{point['fraction_of_ideal']:.1%}",
+            f"{point['rate_limited_429']}; {point['max_in_window']}; {point['duplicates']}", None))
+    return rows
+
+
+ROWS = {"intake": intake_rows, "relay": relay_rows, "memory": memory_rows,
+        "pg": pg_rows, "fleet": fleet_rows}
 
 
 def rows(results: dict[str, Any]) -> list[Row]:

@@ -8,17 +8,23 @@ CI is set. nginx and PyYAML are optional; their checks skip when they are missin
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -380,6 +386,206 @@ def test_compose_trusts_the_docker_bridge_behind_the_hosts_nginx() -> None:
     readme = README.read_text()
     value = gateway["environment"]["CTGW_TRUSTED_PROXIES"]
     assert f"CTGW_TRUSTED_PROXIES={value}" in readme
+
+
+FLEET_NGINX = DEPLOY / "nginx" / "fleet.conf"
+
+
+def compose_services() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
+    return services
+
+
+def fleet_services() -> dict[str, Any]:
+    return {name: service for name, service in compose_services().items()
+            if "fleet" in service.get("profiles", [])}
+
+
+def fleet_gateways() -> dict[str, Any]:
+    return {name: service for name, service in fleet_services().items()
+            if "ct-gateway serve" in " ".join(service.get("command", []))}
+
+
+def test_compose_default_profile_is_unchanged_by_the_fleet() -> None:
+    """``docker compose up`` alone starts what it did: the fleet's services all have a profile."""
+    services = compose_services()
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"gateway", "prometheus", "grafana"}
+    assert set(fleet_services()) == set(services) - default
+
+
+def test_compose_fleet_runs_three_gateways_on_one_postgresql() -> None:
+    from urllib.parse import urlsplit
+
+    from tests.test_examples import interpolate
+
+    services = fleet_services()
+    gateways = fleet_gateways()
+    assert len(gateways) == 3, sorted(gateways)
+    queues = {interpolate(g["environment"]["CTGW_QUEUE"], {}) for g in gateways.values()}
+    egresses = {g["environment"]["CTGW_EGRESS"] for g in gateways.values()}
+    assert len(queues) == 1 and len(egresses) == 1, (queues, egresses)
+    url = urlsplit(queues.pop())
+    assert url.scheme == "postgresql" and (url.hostname, url.port) == ("postgres", 5432)
+    # The database, its user and password are the ones the postgres image creates.
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:16"
+    env = {k: interpolate(str(v), {}) for k, v in postgres["environment"].items()}
+    assert (url.username, url.password, url.path) == (
+        env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], f"/{env['POSTGRES_DB']}")
+    command = postgres["command"].split()
+    assert command[0] == "postgres"
+    assert {"synchronous_commit=on", "fsync=on"} <= set(command[1:])
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    # The gateways start only once PostgreSQL answers: its health check says when.
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    for name, gateway in gateways.items():
+        assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        assert (DEPLOY / gateway["build"]["context"]).resolve() == ROOT, name
+        assert (ROOT / gateway["build"]["dockerfile"]).resolve() == DOCKERFILE, name
+        assert gateway["command"] == compose_gateway()["command"], name
+    # Each ops listener on the host's loopback, on a port of its own.
+    ports = [p for g in gateways.values() for p in g.get("ports", [])]
+    assert all(p.startswith("127.0.0.1:") for p in ports), ports
+    assert len({p.split(":")[1] for p in ports}) == len(ports), ports
+
+
+@pytest.mark.parametrize("host", [{}, {"CTGW_SITE_ID": "12345", "CTGW_MOD_ID": "abcd1234"}])
+def test_compose_fleet_settings_pass_the_gateways_validation(host: dict[str, str]) -> None:
+    from gateway.config import from_env
+    from tests.test_examples import dockerfile_env, interpolate, mode
+
+    for name, gateway in fleet_gateways().items():
+        env = {**dockerfile_env(),
+               **{k: interpolate(str(v), host) for k, v in gateway["environment"].items()}}
+        settings = from_env(env, sandbox=mode(env))  # raises ConfigError naming the variable
+        assert settings.queue_url.startswith("postgresql://"), name
+        assert settings.egress == gateway["environment"]["CTGW_EGRESS"], name
+        assert settings.listen.port == 8080, name  # where nginx sends them
+
+
+def test_compose_fleet_nginx_balances_across_the_three() -> None:
+    nginx = fleet_services()["nginx"]
+    gateways = sorted(fleet_gateways())
+    assert sorted(nginx["depends_on"]) == gateways
+    [mount] = nginx["volumes"]
+    source, target, *_ = mount.split(":")
+    assert (DEPLOY / source).resolve() == FLEET_NGINX
+    assert target == "/etc/nginx/conf.d/default.conf"
+    assert all(p.startswith("127.0.0.1:") for p in nginx["ports"])
+    text = FLEET_NGINX.read_text()
+    upstream = re.search(r"upstream\s+(\w+)\s*\{(.*?)\}", text, re.S)
+    assert upstream, text
+    servers = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", upstream[2], re.M)
+    assert sorted(servers) == [(name, "8080") for name in gateways]
+    location = re.search(r"location / \{(.*?)\}", text, re.S)
+    assert location, text
+    assert f"proxy_pass http://{upstream[1]};" in location[1]
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in location[1]
+
+
+def test_compose_fleet_nginx_conf_is_valid(tmp_path: Path) -> None:
+    nginx = optional_tool("nginx")
+    text = FLEET_NGINX.read_text()
+    for name in fleet_gateways():  # compose's service names resolve only on its network
+        text = text.replace(f"server {name}:", "server 127.0.0.1:")
+    text = text.replace("listen 80;", "listen 127.0.0.1:8082;")
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    config = tmp_path / "nginx.conf"
+    config.write_text(f"pid {tmp_path / 'nginx.pid'};\nevents {{}}\n"
+                      f"http {{ {temp} access_log off;\n{text}\n}}\n")
+    result = run(nginx, "-t", "-q", "-p", tmp_path, "-e", tmp_path / "error.log", "-c", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+class StandIn(http.server.BaseHTTPRequestHandler):
+    """A gateway's stand-in: notes its name and the ``X-Forwarded-For`` it was given."""
+
+    name: ClassVar[str] = ""
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.name, self.headers.get("X-Forwarded-For", "")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def fleet_nginx_config(tmp_path: Path, ports: dict[str, int], listen: int) -> Path:
+    """fleet.conf in a whole nginx.conf, its gateways on loopback ``ports``."""
+    text = FLEET_NGINX.read_text()
+    for name, port in ports.items():
+        text = text.replace(f"server {name}:8080", f"server 127.0.0.1:{port}")
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{listen};")
+    temp = " ".join(f"{kind}_temp_path {tmp_path / kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    config = tmp_path / "nginx.conf"
+    config.write_text(f"daemon off;\n{user}pid {tmp_path / 'nginx.pid'};\n"
+                      f"events {{ worker_connections 64; }}\n"
+                      f"http {{ {temp} access_log off;\n{text}\n}}\n")
+    return config
+
+
+def get_once_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.05)
+
+
+def test_compose_fleet_nginx_sends_requests_to_each_gateway(tmp_path: Path) -> None:
+    """The shipped fleet.conf in a real nginx, with three stand-ins for the gateways: every
+    one of them gets requests, with the client's address in ``X-Forwarded-For``."""
+    nginx = optional_tool("nginx")
+    seen: list[tuple[str, str]] = []
+    servers = {
+        name: http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), type("StandIn", (StandIn,), {"name": name, "seen": seen}))
+        for name in fleet_gateways()
+    }
+    for server in servers.values():
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket_bound() as listen:
+        pass
+    config = fleet_nginx_config(
+        tmp_path, {name: server.server_port for name, server in servers.items()}, listen)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+                             "-c", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{listen}/api/v1/leads/x"
+    try:
+        get_once_up(url, proc)
+        for _ in range(2 * len(servers)):
+            urllib.request.urlopen(url, timeout=5).close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+    assert {name for name, _ in seen} == set(servers), seen
+    assert {forwarded for _, forwarded in seen} == {"127.0.0.1"}, seen
+
+
+@contextlib.contextmanager
+def socket_bound() -> Iterator[int]:
+    """A free loopback port (closed again at once, for nginx to take)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 def dockerfile_build_sources() -> list[str]:
