@@ -160,7 +160,6 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
         lease_timeout=settings.lease_timeout,
     )
     relay.start()
-    metrics.ready.set(1)
     yield
     unsent = await relay.stop(settings.shutdown_grace)
     log.info("relay stopped unsent_in_flight=%d", unsent)
@@ -196,7 +195,7 @@ async def _start_draining(app: web.Application) -> None:
 
 
 async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
-    ops = create_ops_app(app[QUEUE], app[METRICS], lambda: app[INTAKE].draining)
+    ops = create_ops_app(app[QUEUE], app[METRICS], app[INTAKE].not_ready)
     runner = web.AppRunner(ops, access_log=None)
     await runner.setup()
     listen = app[SETTINGS].ops_listen
@@ -230,4 +229,7 @@ async def start(
     except BaseException:
         await runner.cleanup()
         raise
+    # Only now: a client that trusts /readyz finds the public listener open.
+    app[INTAKE].listening = True
+    app[METRICS].ready.set(1)
     return Running(runner, bound_address(runner), bound_address(app[OPS_RUNNER]), app[METRICS])

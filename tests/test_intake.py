@@ -11,9 +11,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
-from gateway.app import QUEUE
+from gateway.app import OPS_RUNNER, QUEUE, create_app
 from gateway.config import Settings
+from gateway.intake.listener import bound_address
 from gateway.sandbox.server import SandboxThread
 from tests.support import PII_SAMPLES, TOKEN, Gateway, eventually, lead, sandbox_requests
 
@@ -362,3 +364,21 @@ async def test_request_date_is_the_acceptance_time_in_the_configured_zone(
     [sent] = await sandbox_requests(http, sandbox.url)
     stamped = datetime.strptime(sent["form"]["requestDate"], "%d.%m.%Y %H:%M:%S")
     assert before <= stamped.replace(tzinfo=zone) <= after
+
+
+async def test_readyz_waits_for_the_public_listener(settings: Settings) -> None:
+    """The ops listener opens first; until the public one is open, /readyz says starting."""
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()  # every resource and the ops listener, no public listener yet
+    try:
+        async with aiohttp.ClientSession() as http:
+            ops = bound_address(runner.app[OPS_RUNNER])
+            async with http.get(f"{ops}/readyz") as resp:
+                assert (resp.status, await resp.json()) == (503, {"status": "starting"})
+    finally:
+        await runner.cleanup()
+
+
+async def test_readyz_is_ready_once_started(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{gateway.ops_url}/readyz") as resp:
+        assert (resp.status, await resp.json()) == (200, {"status": "ready"})

@@ -47,6 +47,7 @@ class Intake:
     metrics: Metrics
     quarantine: Quarantine
     draining: bool = False
+    listening: bool = False  # set once the public listener is open: /readyz waits for it
     _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
     _tokens: list[bytes] = field(init=False, repr=False)
     limiter: ClientLimiter = field(init=False, repr=False)
@@ -65,6 +66,12 @@ class Intake:
         self._signals = {s: self.metrics.bot_signals.labels(s) for s in BOT_SIGNALS}
         for signal in BOT_SIGNALS:  # every series from the start, for increase()
             self.metrics.quarantined.labels(signal)
+
+    def not_ready(self) -> str | None:
+        """Why no lead is taken now, for ``/readyz``; ``None`` when they are."""
+        if self.draining:
+            return "draining"
+        return None if self.listening else "starting"
 
     async def browser(self, request: web.Request) -> web.Response:
         return await self._counted(request, "browser")

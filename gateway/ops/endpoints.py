@@ -21,9 +21,10 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def create_ops_app(
-    queue: Queue, metrics: Metrics, draining: Callable[[], bool]
+    queue: Queue, metrics: Metrics, not_ready: Callable[[], str | None]
 ) -> web.Application:
-    """``draining()`` is true once the gateway stops taking leads (SIGTERM)."""
+    """``not_ready()`` says why the gateway takes no leads now (``starting`` until its public
+    listener is open, ``draining`` once it stops), or ``None``."""
     export = make_aiohttp_handler(metrics.registry)
 
     async def metrics_handler(request: web.Request) -> web.StreamResponse:
@@ -39,8 +40,8 @@ def create_ops_app(
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if draining():
-            return _json({"status": "draining"}, 503)
+        if (why := not_ready()) is not None:
+            return _json({"status": why}, 503)
         try:
             await queue.ping()
         except Exception as exc:
