@@ -23,7 +23,6 @@
     const attribute = (name) => script.getAttribute("data-" + name);
     // One short name for the clock, which the queue, the dedup and the wait all read.
     const now = Date.now;
-    const QUEUE_KEY = "ctgw_q";
     // The gateway fills this slot with its CTGW_MOD_ID, so a bare <script src> knows the counter.
     const modId = attribute("mod-id") || /*CTGW_MOD_ID*/"";
     const formSelector = attribute("forms");
@@ -34,23 +33,24 @@
     const waiting = new Set();
     // The last form submit: k its data, n its request number, t its time (for the dedup).
     let lastSubmit = {};
-    let pageLeft = false;
+    // True from pagehide (the page is being left) until pageshow (back from the cache).
+    let pageLeft;
 
     // Values as trimmed text; a missing one is empty rather than "undefined".
-    const text = (value) => (value == null ? "" : ("" + value).trim());
+    const text = (value) => ((value ?? "") + "").trim();
 
     // Unique enough per lead; the gateway deduplicates on it, so a retry must reuse it.
     const newRequestNumber = () => "ctgw-" + now() + Math.random().toString(36).slice(2);
 
-    // The retry queue in localStorage, rows {t: queued at, l: the lead}: `update` maps the
+    // The retry queue in localStorage.ctgw_q, rows {t: queued at, l: the lead}: `update` maps the
     // rows; at most 20 are kept, none older than 72 h (2592e5 ms), and when storage is
     // unavailable (private mode, blocked cookies) the queue is simply empty.
     const queue = (update) => {
       try {
-        let rows = JSON.parse(localStorage[QUEUE_KEY] || "[]");
+        let rows = JSON.parse(localStorage.ctgw_q || "[]");
         if (update) {
           rows = update(rows).filter((row) => row.t > now() - 2592e5).slice(-20);
-          localStorage[QUEUE_KEY] = JSON.stringify(rows);
+          localStorage.ctgw_q = JSON.stringify(rows);
         }
         return rows;
       } catch {
@@ -70,9 +70,12 @@
       );
       // keepalive: the request outlives the page, which a form's navigation is about to leave.
       // Every target browser has fetch, so the sendBeacon fallback for those without it is gone.
+      // A browser (or an extension) that refuses keepalive gets the same request without it:
+      // the lead of a form that stays on the page still gets out.
       return fetch(endpoint, { method: "POST", keepalive: true, body })
+        .catch(() => fetch(endpoint, { method: "POST", body }))
         .then((response) =>
-          response.status == 429 || response.status > 499
+          response.status > 499 || response.status == 429
             ? { status: "deferred" }
             : (forget(), response.json()),
         )
@@ -86,14 +89,14 @@
     // Calltouch's own script knows the visit's session, if the counter is known and it has loaded.
     const calltouchSession = () => {
       try {
-        return text(((modId && window.ct("calltracking_params", modId)) || {}).sessionId);
+        return text(modId && window.ct("calltracking_params", modId)?.sessionId);
       } catch {}
     };
 
     // Calltouch's cookie, the fallback when its script does not answer (a sandboxed frame throws).
     const cookieSession = () => {
       try {
-        return (document.cookie.match(/(^|; )_ct_session_id=(\d+)/) || [])[2];
+        return document.cookie.match(/(^|; )_ct_session_id=(\d+)/)?.[2];
       } catch {}
     };
 
@@ -110,7 +113,7 @@
               return setTimeout(attempt, 99);
             }
             waiting.delete(attempt);
-            session = session || cookieSession();
+            session ||= cookieSession();
             lead.sessionId = /^\d{1,20}$/.test(session) ? session : undefined;
             resolve(send(lead));
           } catch {
@@ -125,14 +128,19 @@
     const stamp = (lead) => {
       lead.requestUrl = location.href.slice(0, 2048);
       lead.subject = text(lead.subject || scriptSubject || document.title).slice(0, 256);
-      lead.requestNumber = lead.requestNumber || newRequestNumber();
+      lead.requestNumber ||= newRequestNumber();
       return lead;
     };
 
-    // What a field without data-ct-field holds, guessed from its type, name, id, autocomplete
-    // and placeholder, in English and Russian; choices and lists are never contact fields.
+    // What a field without data-ct-field holds, guessed from its type, name, id, autocomplete,
+    // placeholder and the text of its (first) <label>, in English and Russian: Bitrix names its
+    // fields form_text_1, form_text_2, and only the labels say which is the phone. Choices and
+    // lists are never contact fields.
     const guessKind = (field, type) => {
-      const hints = [type, field.name, field.id, field.autocomplete, field.placeholder]
+      // labels is null for a hidden input.
+      const hints = [
+        type, field.name, field.id, field.autocomplete, field.placeholder, field.labels?.[0]?.textContent,
+      ]
         .join()
         .toLowerCase();
       if (/^(check|radio|select)/.test(type)) return "";
@@ -221,8 +229,7 @@
       if (!(lead.fio || lead.phoneNumber || lead.email)) return;
       lead.customFields = customFields;
       // getAttribute: form.name and form.id would be a control called "name" or "id".
-      lead.subject =
-        lead.subject || form.dataset.ctSubject || scriptSubject || form.getAttribute("name") || form.getAttribute("id");
+      lead.subject ||= form.dataset.ctSubject || scriptSubject || form.getAttribute("name") || form.getAttribute("id");
       return lead;
     };
 
@@ -235,12 +242,15 @@
           const form = event.target;
           let lead;
           // A form the browser would refuse to submit is not a lead yet (a script can submit
-          // around the browser's validation; novalidate forms validate themselves).
+          // around the browser's validation). Novalidate forms validate themselves, and so do
+          // the submits of formnovalidate buttons ("just call me" beside "send").
           if (
-            form instanceof HTMLFormElement &&
+            // localName, not instanceof HTMLFormElement: as sure for a submit's target, and the
+            // bytes it saves pay for the checks of issue 17's forms within the budget.
+            form.localName == "form" &&
             !("ctIgnore" in form.dataset) &&
             (!formSelector || form.matches(formSelector)) &&
-            (form.noValidate || form.checkValidity()) &&
+            (form.noValidate || event.submitter?.formNoValidate || form.checkValidity()) &&
             (lead = readForm(form))
           ) {
             // A double submit of the same data within 10 s keeps its number: the gateway dedups it.
@@ -262,17 +272,17 @@
       pageLeft = true;
       waiting.forEach((attempt) => attempt());
     });
+    // Back from the back/forward cache, the page is the visitor's again: Calltouch is waited for.
+    window.addEventListener("pageshow", () => (pageLeft = false));
     window.addEventListener("online", retryQueued);
     // A second later, so the page's own first requests go first.
-    setTimeout(retryQueued, 1e3);
+    setTimeout(retryQueued, 999);
 
     // The manual API, on a copy so that the caller's object is left as it was; it replaces the
     // stub and replays the calls the stub queued before this script ran.
     const stub = window.ctLeads;
-    const api = (window.ctLeads = { send: (data) => sendWithSession(stamp(Object.assign({}, data))) });
-    (stub?.q || []).forEach(([data, resolve]) => {
-      const answer = api.send(data);
-      if (resolve) answer.then(resolve);
-    });
+    const api = (window.ctLeads = { send: (data) => sendWithSession(stamp({ ...data })) });
+    // then(undefined), for a call queued without a resolver, changes nothing.
+    stub?.q?.forEach(([data, resolve]) => api.send(data).then(resolve));
   } catch {}
 })(window, document);
