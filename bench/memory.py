@@ -25,8 +25,7 @@ import orjson
 from bench import payload, procs, scrape
 from bench.report import median, say
 from gateway.kinds import lead
-from gateway.queue import Put
-from gateway.queue.sqlite import SQLiteQueue
+from gateway.queue import Put, open_queue
 
 _QUEUED = re.compile(r'^ctgw_queue_jobs\{state="(ready|leased|delayed)"\} (\S+)$', re.MULTILINE)
 
@@ -40,11 +39,12 @@ class MemoryOptions:
     scrape: scrape.ScrapeOptions = field(default_factory=scrape.ScrapeOptions)
 
 
-async def _fill(db: Path, n: int, batch: int) -> dict[str, Any]:
+async def fill_queue(url: str, n: int, batch: int, label: str = "memory") -> dict[str, Any]:
+    """Put ``n`` leads as intake stores them into the queue at ``url``, ``batch`` a call."""
     accepted = datetime.now(zoneinfo.ZoneInfo("Europe/Moscow"))
     payload.check_stored_fields(accepted)
     prefix, size = secrets.token_hex(4), 0
-    queue = await SQLiteQueue.open(f"sqlite:///{db.resolve()}")
+    queue = await open_queue(url)
     started = time.monotonic()
     try:
         for first in range(0, n, batch):
@@ -56,7 +56,7 @@ async def _fill(db: Path, n: int, batch: int) -> dict[str, Any]:
                 items.append(Put(lead.KIND, data, number))
             await queue.put_many(items, time.time())
             if first and first % (10 * batch) == 0:
-                say(f"memory: filled {first:,} of {n:,}")
+                say(f"{label}: filled {first:,} of {n:,}")
     finally:
         await queue.close()
     seconds = time.monotonic() - started
@@ -118,7 +118,7 @@ def run(opts: MemoryOptions, workdir: Path) -> dict[str, Any]:
         procs.http("POST", f"{sandbox.url}/sandbox/config", {"fault": "503"})
         baseline = _measure(workdir, empty, sandbox, opts)
         say(f"memory: baseline RSS {baseline['rss_mib']} MiB; filling the queue")
-        fill = asyncio.run(_fill(full, opts.leads, opts.batch))
+        fill = asyncio.run(fill_queue(f"sqlite:///{full.resolve()}", opts.leads, opts.batch))
         say(f"memory: filled {opts.leads:,} in {fill['seconds']} s; starting the gateway on it")
         loaded = _measure(workdir, full, sandbox, opts, scrape_rounds=opts.scrape.rounds > 0)
     on_disk = loaded["files"]["db"] + loaded["files"]["db-wal"]

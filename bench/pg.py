@@ -22,23 +22,16 @@ import glob
 import itertools
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
 import time
-import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from bench import intake, memory, payload, probe, procs
+from bench import intake, memory, probe, procs
 from bench.report import median, say
-from gateway.kinds import lead
-from gateway.queue import Put
 
 TARGETS = ("bare", "sqlite", "postgresql")
 OWNER = "ctgw-test"  # PostgreSQL refuses root: as root, the cluster is this user's (the tests')
@@ -221,32 +214,6 @@ def throughput(opts: PgOptions, workdir: Path, server: Cluster) -> dict[str, Any
     }
 
 
-async def _fill(url: str, n: int, batch: int) -> dict[str, Any]:
-    from gateway.queue.postgres import PostgresQueue
-
-    accepted = datetime.now(zoneinfo.ZoneInfo("Europe/Moscow"))
-    payload.check_stored_fields(accepted)
-    prefix, size = secrets.token_hex(4), 0
-    queue = await PostgresQueue.open(url)
-    started = time.monotonic()
-    try:
-        for first in range(0, n, batch):
-            items = []
-            for i in range(first, min(n, first + batch)):
-                number = f"{prefix}-{i}"
-                data = orjson.dumps(payload.stored_fields(i, number, accepted))
-                size += len(data)
-                items.append(Put(lead.KIND, data, number))
-            await queue.put_many(items, time.time())
-            if first and first % (10 * batch) == 0:
-                say(f"pg size: filled {first:,} of {n:,}")
-    finally:
-        await queue.close()
-    seconds = time.monotonic() - started
-    return {"leads": n, "seconds": round(seconds, 1), "rate": round(n / seconds),
-            "mean_payload_bytes": round(size / n, 1) if n else 0}
-
-
 def _scrapes(workdir: Path, url: str, sandbox: procs.Proc, count: int) -> dict[str, Any]:
     extra = {"CTGW_CALLTOUCH_URL": sandbox.url, "CTGW_SITE_ID": procs.SITE_ID,
              "CTGW_QUEUE": url}
@@ -267,7 +234,7 @@ def size(opts: PgOptions, workdir: Path, server: Cluster) -> dict[str, Any]:
         baseline = _scrapes(workdir / "empty", server.url(empty), sandbox, opts.scrapes)
         say(f"pg size: /metrics {baseline['scrape_ms_median']} ms on an empty database;"
             f" filling {opts.leads:,} leads")
-        fill = asyncio.run(_fill(server.url(full), opts.leads, opts.batch))
+        fill = asyncio.run(memory.fill_queue(server.url(full), opts.leads, opts.batch, "pg size"))
         say(f"pg size: filled {opts.leads:,} in {fill['seconds']} s ({fill['rate']:,}/s)")
         server.sql("VACUUM ANALYZE jobs", full)  # as autovacuum would, before measuring
         total = int(server.sql("SELECT pg_total_relation_size('jobs')", full))
