@@ -153,7 +153,7 @@ async def test_stats_count_states_and_the_oldest(queue: Queue) -> None:
     stats = await queue.stats()
     assert stats.counts == {
         State.READY: 1, State.LEASED: 0, State.DELAYED: 1, State.DELIVERED: 1, State.DEAD: 1,
-        State.SPAM: 0,
+        State.SPAM: 0, State.HELD: 0,
     }
     assert stats.oldest_pending_at == T0 + 2
 

@@ -5,7 +5,11 @@ Every job of a call ends its attempt with one :data:`Verdict`:
 * :class:`Delivered` — Calltouch took it (and named it: ``upstream_id``);
 * :class:`Retry` — 429, 408, 5xx, a timeout, a connection error, or an item error that may pass
   later: send it again after a backoff;
-* :class:`Permanent` — any other 4xx, or an answer that says the item is wrong: dead-letter it.
+* :class:`Permanent` — any other 4xx, or an answer that says the item is wrong: dead-letter it;
+* :class:`Defer` — the item was not applied, through no fault of its own (a wrong token, a
+  neighbour's validation error in its batch): visible again after ``delay``, no attempt counted;
+* :class:`Convert` — send it again at once as another kind (a create Calltouch already holds
+  becomes an update), no attempt counted.
 
 :func:`http_failure` reads what the HTTP layer alone can tell; a 2xx body is each kind's to read.
 A verdict's ``code`` is a stable, bounded name: it is the metric label of the answer.
@@ -30,6 +34,9 @@ _PII = re.compile(r"[^\s@]+@[^\s@]+|\+?\d[\d\s()\-]{4,}\d")
 class Delivered:
     upstream_id: str
     code: str = "ok"
+    # What the answer says of the item that is not personal (a lead's traffic source): kept
+    # with the job and shown by its status.
+    details: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +52,21 @@ class Permanent:
     detail: str
 
 
-Verdict = Delivered | Retry | Permanent
+@dataclass(frozen=True, slots=True)
+class Defer:
+    code: str
+    detail: str
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Convert:
+    kind: str
+    code: str = "converted"
+    detail: str = ""
+
+
+Verdict = Delivered | Retry | Permanent | Defer | Convert
 
 
 def redact(text: str, limit: int = 160) -> str:

@@ -6,11 +6,16 @@ job's ``lease`` number changes with every lease, so an answer from an expired le
 overwrite the settlement of a newer one. Jobs belong to a site: dedup keys are per site and
 kind. A settled job's payload (the lead, with all its personal data) is purged after its
 retention; its status stays.
+
+A job may wait for another (``Put.after``): it is ``held``, never leased, until that one is
+delivered, and then leased with that one's upstream id. Jobs of one *chain* (one deal's
+create and updates, one 1.0 order's calls) each wait for the one before, so they reach
+Calltouch in the order they were put; a post to a chain may merge into its queued tail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -27,6 +32,7 @@ class State(StrEnum):
     DELIVERED = "delivered"
     DEAD = "dead"
     SPAM = "spam"  # quarantined: never leased, not pending, releasable
+    HELD = "held"  # waits for another job to be delivered (Put.after): never leased
 
 
 PENDING = (State.READY, State.LEASED, State.DELAYED)
@@ -42,6 +48,9 @@ class Job:
     attempts: int
     lease: int
     site: str = DEFAULT_SITE
+    # The upstream id of the job this one waited for (see Put.after): a comment's lead's
+    # requestId, a deal update's calltouchOrderId.
+    after_upstream: str | None = None
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, five times the
@@ -54,6 +63,8 @@ class Put:
     payload: bytes
     dedup_key: str | None = None
     site: str = DEFAULT_SITE
+    # A job id: this one is held (never leased) until that one is delivered.
+    after: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,6 +80,7 @@ class Status:
     upstream_id: str | None
     purged: bool = False  # the payload is gone: nothing left to send, a dead one stays dead
     site: str = DEFAULT_SITE
+    details: Mapping[str, object] | None = None  # what its answer said (Delivered.details)
 
     @property
     def public_status(self) -> str:
@@ -103,6 +115,25 @@ class Quarantined:
 class PutResult:
     status: Status
     created: bool
+    merged: bool = False  # folded into the chain's queued tail (Link.merge)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A post to the chain ``chain`` of its site: ``first`` when the chain is new, else
+    ``next``, held until the chain's last job is delivered.
+
+    When the chain's last job is still queued (not leased) and of ``next``'s kind,
+    ``merge(its payload, next's)`` replaces its payload instead. Otherwise ``follow(the last
+    job's payload or None if purged, next's)`` is what is queued; ``None``: nothing is.
+    Both run inside the store's transaction: they must be quick and pure.
+    """
+
+    chain: str
+    first: Put
+    next: Put
+    merge: Callable[[bytes, bytes], bytes] | None = None
+    follow: Callable[[bytes | None, bytes], bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +162,35 @@ class Queue(Protocol):
     async def lease(
         self, kind: str, limit: int, now: float, visibility: float, site: str | None = None
     ) -> list[Job]:
-        """Take up to ``limit`` visible jobs (of ``site``, or any), oldest first, invisible
-        until ``now + visibility``."""
+        """Take up to ``limit`` visible jobs of one site (``site``, or the oldest visible
+        job's), oldest first, invisible until ``now + visibility``."""
 
-    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
-        """Mark delivered; ``False`` when the lease was lost."""
+    async def ack(
+        self, job: Job, upstream_id: str, now: float,
+        details: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Mark delivered (keeping ``details``) and release the jobs held for it, with
+        ``upstream_id``; ``False`` when the lease was lost."""
+
+    async def append(self, link: Link, now: float) -> PutResult:
+        """Queue a post to a chain (see :class:`Link`), durably; ``merged`` when it went into
+        the queued tail, ``created`` when a job was queued (neither: ``follow`` left nothing)."""
+
+    async def append_many(self, links: Sequence[Link], now: float) -> list[PutResult]:
+        """:meth:`append` of each, in order, in one transaction (a bulk upload's batch)."""
+
+    async def convert(self, job: Job, kind: str, now: float) -> bool:
+        """Make a leased job one of ``kind``, visible at once, no attempt counted."""
+
+    async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
+        """How many jobs of ``kind`` are visible (up to ``limit``), and since when the oldest
+        of them has been: a batch sender waits for a full call or its linger."""
+
+    async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
+        """The job holding ``dedup_key`` for ``(site, kind)``."""
+
+    async def chain(self, site: str, chain: str) -> list[Status]:
+        """The jobs of a chain, oldest first."""
 
     async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
         """Make the job visible again at ``at``, counting the attempt."""

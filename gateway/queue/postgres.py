@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
 from gateway.ids import new_ids
+from gateway.queue import postgres_links as links
 from gateway.queue import postgres_sql as sql
 from gateway.queue.base import (
     Job,
+    Link,
     Purged,
     Put,
     PutResult,
@@ -47,10 +49,6 @@ CLOSE_SECONDS = 10.0
 # without a word (a dropped NAT entry) may have missed some.
 POLL_SECONDS = 5.0
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
-_DELIVERED = (
-    "UPDATE jobs SET state = 'delivered', upstream_id = $3, done_at = $4,"
-    " attempts = attempts + 1, last_error = NULL" + sql.HELD
-)
 _RETRY = (
     "UPDATE jobs SET state = 'delayed', visible_at = $3, attempts = attempts + 1,"
     " last_error = $4" + sql.HELD
@@ -79,7 +77,7 @@ async def _connect(url: str) -> Any:
 class PostgresQueue(Settling):
     """The :class:`~gateway.queue.base.Queue` contract on one PostgreSQL database."""
 
-    statements = Statements(_DELIVERED, _BURY, _RETRY, _DEFER, _RELEASE)
+    statements = Statements(_BURY, _RETRY, _DEFER, _RELEASE)
 
     def __init__(self, url: str, pool: Any) -> None:
         self._pool = pool
@@ -116,10 +114,48 @@ class PostgresQueue(Settling):
                 return await fn(conn)
 
     async def put(self, item: Put, now: float) -> PutResult:
-        result = await self._puts.put((new_ids(1)[0], item, now))
+        if item.after is not None:  # it looks at another job: a transaction of its own
+            job_id = new_ids(1)[0]
+            result = await self._run(lambda conn: links.put(conn, job_id, item, now))
+        else:
+            result = await self._puts.put((new_ids(1)[0], item, now))
         if result.created:  # at once: the notification takes a round trip through the server
             self._wake(item.kind)
         return result
+
+    async def append(self, link: Link, now: float) -> PutResult:
+        [result] = await self.append_many([link], now)
+        return result
+
+    async def append_many(self, items: Sequence[Link], now: float) -> list[PutResult]:
+        ids = new_ids(len(items))
+        results = await self._run(lambda conn: links.append_many(conn, ids, items, now))
+        for kind in {r.status.kind for r in results if r.created}:
+            self._wake(kind)
+        return results
+
+    async def ack(
+        self, job: Job, upstream_id: str, now: float,
+        details: Mapping[str, object] | None = None,
+    ) -> bool:
+        released = await self._run(lambda c: links.ack(c, job, upstream_id, now, details))
+        for kind in released or ():
+            self._wake(kind)
+        return released is not None
+
+    async def convert(self, job: Job, kind: str, now: float) -> bool:
+        done = await self._run(lambda conn: links.convert(conn, job, kind, now))
+        self._wake(kind)
+        return done
+
+    async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
+        return await self._run(lambda conn: links.backlog(conn, kind, now, limit))
+
+    async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
+        return await self._run(lambda conn: links.find(conn, site, kind, dedup_key))
+
+    async def chain(self, site: str, chain: str) -> list[Status]:
+        return await self._run(lambda conn: links.chain(conn, site, chain))
 
     async def _commit_puts(self, rows: list[sql.Row]) -> list[PutResult]:
         return await self._run(lambda conn: sql.insert(conn, rows))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from gateway.queue.base import (
     Job,
     Put,
@@ -24,8 +26,9 @@ from gateway.queue.postgres_schema import Conn
 Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
 
 _PENDING = "state IN ('ready', 'leased', 'delayed')"
-_STATUS_COLS = (
-    "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL, site"
+STATUS_COLS = (
+    "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL, site,"
+    " details"
 )
 # Inserted in key order, so that two batches holding the same dedup keys wait for each other
 # instead of deadlocking; among equal keys the first of the batch stays first, and wins.
@@ -40,7 +43,7 @@ RETURNING id
 """
 _HOLDERS = """
 SELECT j.id, j.kind, j.state, j.created_at, j.attempts, j.last_error, j.upstream_id,
-    j.payload IS NULL, j.site, j.dedup_key FROM jobs AS j
+    j.payload IS NULL, j.site, j.details, j.dedup_key FROM jobs AS j
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (site, kind, dedup_key)
     ON j.site = k.site AND j.kind = k.kind AND j.dedup_key = k.dedup_key
 """
@@ -56,12 +59,17 @@ _TAKE = """
 ), leased AS (
     UPDATE jobs SET state = 'leased', visible_at = $4, lease = lease + 1
     WHERE id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING id, kind, payload, created_at, attempts, lease, site
+    RETURNING id, kind, payload, created_at, attempts, lease, site, after_upstream
 )
-SELECT l.id, l.kind, l.payload, l.created_at, l.attempts, l.lease, l.site
+SELECT l.id, l.kind, l.payload, l.created_at, l.attempts, l.lease, l.site, l.after_upstream
 FROM leased AS l JOIN picked AS p ON p.id = l.id ORDER BY p.visible_at
 """
 _LEASE_ANY = _PICK + _TAKE
+# One call carries the jobs of one site: a batch takes the oldest visible job's.
+_OLDEST_SITE = (
+    f"SELECT site FROM jobs WHERE kind = $1 AND {_PENDING} AND visible_at <= $2"
+    " ORDER BY visible_at LIMIT 1"
+)
 _LEASE_SITE = _PICK + "    AND site = $5" + _TAKE
 # The fence: a settlement counts only from the lease that still holds the job.
 HELD = " WHERE id = $1 AND lease = $2 AND state = 'leased'"
@@ -89,9 +97,10 @@ _COUNTS = "SELECT state, sum(n) FROM job_counts GROUP BY state"
 _OLDEST = f"SELECT min(created_at) FROM jobs WHERE {_PENDING}"
 
 
-def _status(row: Any) -> Status:
+def status_of(row: Any) -> Status:
+    details = None if row[9] is None else orjson.loads(row[9])
     return Status(str(row[0]), str(row[1]), State(row[2]), float(row[3]), int(row[4]),
-                  row[5], row[6], bool(row[7]), str(row[8]))
+                  row[5], row[6], bool(row[7]), str(row[8]), details)
 
 
 def _created(job_id: str, item: Put, now: float) -> PutResult:
@@ -109,7 +118,7 @@ async def insert(conn: Conn, rows: Sequence[Row]) -> list[PutResult]:
     if len(created) == len(rows):  # the common case: no repeated dedup key
         return [_created(i, item, now) for i, item, now in rows]
     repeats = [item for i, item, _ in rows if i not in created]
-    holders = {(r[8], r[1], r[9]): _status(r) for r in await conn.fetch(
+    holders = {(r[8], r[1], r[10]): status_of(r) for r in await conn.fetch(
         _HOLDERS, [item.site for item in repeats], [item.kind for item in repeats],
         [item.dedup_key for item in repeats],
     )}
@@ -128,12 +137,14 @@ async def insert(conn: Conn, rows: Sequence[Row]) -> list[PutResult]:
 async def lease(
     conn: Conn, kind: str, limit: int, until: float, now: float, site: str | None
 ) -> list[Job]:
+    if site is None and limit > 1:
+        site = await conn.fetchval(_OLDEST_SITE, kind, now)
     if site is None:
         records = await conn.fetch(_LEASE_ANY, kind, now, limit, until)
     else:
         records = await conn.fetch(_LEASE_SITE, kind, now, limit, until, site)
-    return [Job(str(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]), int(r[5]), str(r[6]))
-            for r in records]
+    return [Job(str(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]), int(r[5]), str(r[6]),
+                r[7]) for r in records]
 
 
 async def finish(conn: Conn, job: Job, update: str, args: tuple[object, ...]) -> bool:
@@ -157,15 +168,15 @@ async def purge(conn: Conn, state: State, before: float, limit: int) -> int:
 
 
 async def status(conn: Conn, job_id: str) -> Status | None:
-    rows = await conn.fetch(f"SELECT {_STATUS_COLS} FROM jobs WHERE id = $1", job_id)
-    return _status(rows[0]) if rows else None
+    rows = await conn.fetch(f"SELECT {STATUS_COLS} FROM jobs WHERE id = $1", job_id)
+    return status_of(rows[0]) if rows else None
 
 
 async def dead(conn: Conn, limit: int) -> list[Status]:
     rows = await conn.fetch(
-        f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'dead' ORDER BY done_at LIMIT $1", limit
+        f"SELECT {STATUS_COLS} FROM jobs WHERE state = 'dead' ORDER BY done_at LIMIT $1", limit
     )
-    return [_status(r) for r in rows]
+    return [status_of(r) for r in rows]
 
 
 async def next_visible(conn: Conn, kind: str, site: str | None) -> float | None:
@@ -203,7 +214,7 @@ WITH doomed AS MATERIALIZED (
 DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id
 """
 _SPAM_LIST = (
-    f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= $1"
+    f"SELECT {STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= $1"
     " ORDER BY created_at LIMIT $2"
 )
 _SPAM_RELEASE = (
@@ -228,7 +239,7 @@ async def quarantine(conn: Conn, items: Sequence[Quarantined], keep: int) -> int
 
 async def spam(conn: Conn, limit: int, since: float | None) -> list[Status]:
     rows = await conn.fetch(_SPAM_LIST, -1.0 if since is None else since, limit)
-    return [_status(r) for r in rows]
+    return [status_of(r) for r in rows]
 
 
 async def release_spam(

@@ -1,7 +1,8 @@
 """How a backend settles a leased job: one UPDATE each, fenced by the lease number.
 
 Both backends settle the same way and differ only in their statements (placeholders, how the
-lease is checked) and in how they run one; this holds what they share.
+lease is checked) and in how they run one; this holds what they share. An ack also releases
+the jobs held for it, so each backend has its own (:mod:`.sqlite_links`, :mod:`.postgres_links`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from gateway.queue.base import Job
 class Statements:
     """A backend's UPDATE for each settlement, with the arguments named beside each."""
 
-    delivered: str  # upstream_id, now
     bury: str  # reason, now
     retry: str  # at, error
     defer: str  # until
@@ -34,9 +34,6 @@ class Settling(ABC):
     @abstractmethod
     def _wake(self, kind: str) -> None:
         """Work of ``kind`` may be due sooner: wake this process's waiters."""
-
-    async def ack(self, job: Job, upstream_id: str, now: float) -> bool:
-        return await self._finish(job, self.statements.delivered, upstream_id, now)
 
     async def bury(self, job: Job, reason: str, now: float) -> bool:
         return await self._finish(job, self.statements.bury, reason, now)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from gateway.ids import new_ids
+from gateway.queue import sqlite_links as links
 from gateway.queue import sqlite_sql as sql
 from gateway.queue.base import (
     Job,
+    Link,
     Purged,
     Put,
     PutResult,
@@ -39,10 +41,6 @@ T = TypeVar("T")
 
 # How often a waiting relay looks for work that another process queued.
 POLL_SECONDS = 1.0
-_DELIVERED = (
-    "UPDATE jobs SET state = 'delivered', upstream_id = ?, done_at = ?,"
-    " attempts = attempts + 1, last_error = NULL"
-)
 _RETRY = (
     "UPDATE jobs SET state = 'delayed', visible_at = ?, attempts = attempts + 1, last_error = ?"
 )
@@ -62,7 +60,7 @@ def guarded(fn: Callable[[], T]) -> T:
 class SQLiteQueue(Settling):
     """The :class:`~gateway.queue.base.Queue` contract on one SQLite file."""
 
-    statements = Statements(_DELIVERED, _BURY, _RETRY, _DEFER, _RELEASE)
+    statements = Statements(_BURY, _RETRY, _DEFER, _RELEASE)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -119,10 +117,50 @@ class SQLiteQueue(Settling):
             event.set()
 
     async def put(self, item: Put, now: float) -> PutResult:
-        result = await self._writer.put((item, now))
+        if item.after is not None:  # it looks at another job: a transaction of its own
+            job_id = new_ids(1)[0]
+            result = await self._tx(lambda conn: links.put_linked(conn, job_id, item, now))
+        else:
+            result = await self._writer.put((item, now))
         if result.created:
             self._wake(item.kind)
         return result
+
+    async def append(self, link: Link, now: float) -> PutResult:
+        [result] = await self.append_many([link], now)
+        return result
+
+    async def append_many(self, items: Sequence[Link], now: float) -> list[PutResult]:
+        ids = new_ids(len(items))
+        results = await self._tx(lambda conn: [
+            links.append(conn, job_id, link, now) for job_id, link in zip(ids, items, strict=True)
+        ])
+        for kind in {r.status.kind for r in results if r.created}:
+            self._wake(kind)
+        return results
+
+    async def ack(
+        self, job: Job, upstream_id: str, now: float,
+        details: Mapping[str, object] | None = None,
+    ) -> bool:
+        released = await self._tx(lambda conn: links.ack(conn, job, upstream_id, now, details))
+        for kind in released or ():
+            self._wake(kind)
+        return released is not None
+
+    async def convert(self, job: Job, kind: str, now: float) -> bool:
+        done = await self._tx(lambda conn: links.convert(conn, job, kind, now))
+        self._wake(kind)
+        return done
+
+    async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
+        return await self._read(lambda conn: links.backlog(conn, kind, now, limit))
+
+    async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
+        return await self._read(lambda conn: links.find(conn, site, kind, dedup_key))
+
+    async def chain(self, site: str, chain: str) -> list[Status]:
+        return await self._read(lambda conn: links.chain(conn, site, chain))
 
     def _commit_puts(self, puts: list[tuple[Put, float]]) -> list[PutResult]:
         """On the writer thread: every put that was waiting, in one commit (their ids are

@@ -1,7 +1,8 @@
 """The SQLite store's schema, its upgrades, and how a connection is opened.
 
 ``PRAGMA user_version`` names the schema: 0 is a new file, or one made before versions were
-kept (no ``site`` column, no counts); 2 has no index of quarantined spam. :func:`migrate`
+kept (no ``site`` column, no counts); 2 has no index of quarantined spam; 3 no links (held
+jobs, chains, answer details). :func:`migrate`
 brings any of them to :data:`VERSION` in one transaction (every step is idempotent). Counts
 by state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few rows instead of
 scanning every job.
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 from gateway.queue.base import PENDING
 
-VERSION = 3
+VERSION = 4
 PENDING_SQL = "(" + ", ".join(f"'{state.value}'" for state in PENDING) + ")"
 
 _JOBS = """
@@ -36,6 +37,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     site        TEXT NOT NULL DEFAULT 'default'
 );
 """
+# Version 4: a job held for another (after), the upstream id it was released with, its place
+# in a chain (one deal's calls, in order), and what its answer said.
+_LINK_COLUMNS = {
+    "after": "TEXT", "after_upstream": "TEXT", "chain": "TEXT", "chain_seq": "INTEGER",
+    "details": "TEXT",
+}
 _INDEXES_AND_COUNTS = f"""
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_site_dedup ON jobs (site, kind, dedup_key)
     WHERE dedup_key IS NOT NULL;
@@ -47,6 +54,8 @@ CREATE INDEX IF NOT EXISTS jobs_done ON jobs (state, done_at)
 CREATE INDEX IF NOT EXISTS jobs_purge ON jobs (state, done_at)
     WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_spam ON jobs (created_at) WHERE state = 'spam';
+CREATE INDEX IF NOT EXISTS jobs_held ON jobs (after) WHERE state = 'held';
+CREATE INDEX IF NOT EXISTS jobs_chain ON jobs (site, chain, chain_seq) WHERE chain IS NOT NULL;
 CREATE TABLE IF NOT EXISTS job_counts (
     site  TEXT NOT NULL,
     kind  TEXT NOT NULL,
@@ -128,6 +137,10 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN site TEXT NOT NULL DEFAULT 'default'")
         conn.execute("DROP INDEX IF EXISTS jobs_dedup")
     conn.execute(_JOBS)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, type_ in _LINK_COLUMNS.items():
+        if name not in columns:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {type_}")
     counted = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_counts'"
     ).fetchone()

@@ -11,14 +11,17 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import orjson
+
 from gateway.queue.base import Job, Put, PutResult, Quarantined, State, Stats, Status
 from gateway.queue.sqlite_schema import BUSY_MS, PENDING_SQL
 
 T = TypeVar("T")
 Row = tuple[str, Put, float]  # a new job's id, what it holds, when it was put
 
-_STATUS_COLS = (
-    "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL, site"
+STATUS_COLS = (
+    "id, kind, state, created_at, attempts, last_error, upstream_id, payload IS NULL, site,"
+    " details"
 )
 _INSERT = (
     "INSERT OR IGNORE INTO jobs"
@@ -26,10 +29,12 @@ _INSERT = (
 )
 # Seven variables a row, far under SQLite's 32,766; a group commit fits in one statement.
 ROWS_PER_INSERT = 512
+_VISIBLE = f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
 _LEASE = (
-    "SELECT id, kind, payload, created_at, attempts, lease, site FROM jobs"
-    f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
+    "SELECT id, kind, payload, created_at, attempts, lease, site, after_upstream FROM jobs"
+    + _VISIBLE
 )
+_OLDEST_SITE = "SELECT site FROM jobs" + _VISIBLE + " ORDER BY visible_at LIMIT 1"
 # The same terms as jobs_purge's WHERE, so the planner may use it; purged rows leave that
 # index, so a purge never walks over the (ever growing) history of earlier ones.
 _PURGE = (
@@ -57,12 +62,12 @@ def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T])
     return result
 
 
-def _status(row: tuple[object, ...]) -> Status:
-    id_, kind, state, created, attempts, error, upstream, purged, site = row
+def status_of(row: tuple[object, ...]) -> Status:
+    id_, kind, state, created, attempts, error, upstream, purged, site, details = row
     return Status(
         str(id_), str(kind), State(state), float(created),  # type: ignore[arg-type]
         int(attempts), error, upstream, bool(purged),  # type: ignore[call-overload, arg-type]
-        str(site),
+        str(site), None if details is None else orjson.loads(details),  # type: ignore[arg-type]
     )
 
 
@@ -90,12 +95,12 @@ def _resolve(conn: sqlite3.Connection, job_id: str, item: Put, now: float) -> Pu
     if item.dedup_key is None:
         return _created(job_id, item, now)
     row = conn.execute(
-        f"SELECT {_STATUS_COLS} FROM jobs WHERE site = ? AND kind = ? AND dedup_key = ?",
+        f"SELECT {STATUS_COLS} FROM jobs WHERE site = ? AND kind = ? AND dedup_key = ?",
         (item.site, item.kind, item.dedup_key),
     ).fetchone()
     if row[0] == job_id:
         return _created(job_id, item, now)
-    return PutResult(_status(row), created=False)
+    return PutResult(status_of(row), created=False)
 
 
 def insert(conn: sqlite3.Connection, rows: list[Row]) -> list[PutResult]:
@@ -116,12 +121,15 @@ def insert(conn: sqlite3.Connection, rows: list[Row]) -> list[PutResult]:
 def lease(
     conn: sqlite3.Connection, kind: str, limit: int, until: float, now: float, site: str | None
 ) -> list[Job]:
+    if site is None and limit > 1:  # one call carries the jobs of one site
+        oldest = conn.execute(_OLDEST_SITE, (kind, now)).fetchone()
+        site = None if oldest is None else str(oldest[0])
     if site is None:
         rows = conn.execute(_LEASE + " ORDER BY visible_at LIMIT ?", (kind, now, limit))
     else:
         rows = conn.execute(_LEASE + " AND site = ? ORDER BY visible_at LIMIT ?",
                             (kind, now, site, limit))
-    jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5] + 1, r[6]) for r in rows.fetchall()]
+    jobs = [Job(r[0], r[1], r[2], r[3], r[4], r[5] + 1, r[6], r[7]) for r in rows.fetchall()]
     conn.executemany(
         "UPDATE jobs SET state = 'leased', visible_at = ?, lease = lease + 1 WHERE id = ?",
         [(until, job.id) for job in jobs],
@@ -158,19 +166,19 @@ def flush(conn: sqlite3.Connection) -> bool:
 
 
 def status(conn: sqlite3.Connection, job_id: str) -> Status | None:
-    row = conn.execute(f"SELECT {_STATUS_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return None if row is None else _status(row)
+    row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else status_of(row)
 
 
 def dead(conn: sqlite3.Connection, limit: int) -> list[Status]:
     rows = conn.execute(
         # jobs_done's own terms first: the planner cannot see that state = 'dead' implies
         # them, and without them this scans the table and sorts.
-        f"SELECT {_STATUS_COLS} FROM jobs WHERE state IN ('delivered', 'dead')"
+        f"SELECT {STATUS_COLS} FROM jobs WHERE state IN ('delivered', 'dead')"
         " AND state = 'dead' ORDER BY done_at LIMIT ?",
         (limit,),
     ).fetchall()
-    return [_status(r) for r in rows]
+    return [status_of(r) for r in rows]
 
 
 def next_visible(conn: sqlite3.Connection, kind: str, site: str | None) -> float | None:
@@ -200,7 +208,7 @@ _QUARANTINE = (
 )
 # Each of these names the terms of jobs_spam's WHERE, so the planner walks that index.
 _SPAM_OLDEST = "SELECT rowid FROM jobs WHERE state = 'spam' ORDER BY created_at LIMIT ?"
-_SPAM_LIST = f"SELECT {_STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= ?"
+_SPAM_LIST = f"SELECT {STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= ?"
 _SPAM_RELEASE = (
     "UPDATE jobs SET state = 'ready', visible_at = ?, last_error = NULL"
     " WHERE state = 'spam' AND payload IS NOT NULL"
@@ -226,7 +234,7 @@ def quarantine(conn: sqlite3.Connection, items: Sequence[Quarantined], keep: int
 def spam(conn: sqlite3.Connection, limit: int, since: float | None) -> list[Status]:
     rows = conn.execute(_SPAM_LIST + " ORDER BY created_at LIMIT ?",
                         (-1.0 if since is None else since, limit)).fetchall()
-    return [_status(r) for r in rows]
+    return [status_of(r) for r in rows]
 
 
 def release_spam(

@@ -1,0 +1,154 @@
+"""The PostgreSQL store's links between jobs: held jobs, chains, and what an ack releases.
+
+A put that waits for another job locks that job's row ``FOR SHARE``: an ack of it in
+progress finishes first, and the put then sees it delivered, so no job is held for one that
+is already delivered. Posts to one chain take a transaction-scoped advisory lock on the
+chain, so that gateways posting the same deal at once queue its calls one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from gateway.queue.base import Job, Link, Put, PutResult, State, Status
+from gateway.queue.postgres_schema import Conn
+from gateway.queue.postgres_sql import STATUS_COLS, status_of
+
+_INSERT = """
+INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at, site,
+    after, after_upstream, chain, chain_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (site, kind, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+_HOLDER = f"SELECT {STATUS_COLS} FROM jobs WHERE site = $1 AND kind = $2 AND dedup_key = $3"
+_PARENT = "SELECT state, upstream_id FROM jobs WHERE id = $1 FOR SHARE"
+_CHAIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1 || chr(31) || $2))"
+_TAIL = """
+SELECT id, kind, state, payload, chain_seq FROM jobs
+WHERE site = $1 AND chain = $2 AND chain IS NOT NULL ORDER BY chain_seq DESC LIMIT 1
+FOR UPDATE
+"""
+_BY_ID = f"SELECT {STATUS_COLS} FROM jobs WHERE id = $1"
+_DELIVERED = """
+UPDATE jobs SET state = 'delivered', upstream_id = $3, done_at = $4, details = $5,
+    attempts = attempts + 1, last_error = NULL
+WHERE id = $1 AND lease = $2 AND state = 'leased'
+"""
+_RELEASE_HELD = """
+UPDATE jobs SET state = 'ready', visible_at = $2, after_upstream = $3
+WHERE after = $1 AND state = 'held' RETURNING kind
+"""
+_CONVERT = """
+UPDATE jobs SET kind = $3, state = 'ready', visible_at = $4
+WHERE id = $1 AND lease = $2 AND state = 'leased'
+"""
+_BACKLOG = """
+SELECT count(*), min(visible_at) FROM (SELECT visible_at FROM jobs
+    WHERE kind = $1 AND state IN ('ready', 'leased', 'delayed') AND visible_at <= $2
+    ORDER BY visible_at LIMIT $3) AS due
+"""
+_CHAIN = (
+    f"SELECT {STATUS_COLS} FROM jobs WHERE site = $1 AND chain = $2 AND chain IS NOT NULL"
+    " ORDER BY chain_seq"
+)
+_QUEUED = (State.READY.value, State.DELAYED.value, State.HELD.value)
+
+
+async def put_linked(
+    conn: Conn, job_id: str, item: Put, now: float,
+    chain: str | None = None, seq: int | None = None,
+) -> PutResult:
+    """Insert ``item`` (in the caller's transaction): held while its ``after`` is undelivered."""
+    state, upstream = State.READY, None
+    if item.after is not None:
+        rows = await conn.fetch(_PARENT, item.after)
+        if rows and rows[0][0] != State.DELIVERED.value:
+            state = State.HELD
+        elif rows:
+            upstream = rows[0][1]
+    inserted = await conn.fetch(
+        _INSERT, job_id, item.kind, state.value, item.payload, item.dedup_key, now, item.site,
+        item.after, upstream, chain, seq,
+    )
+    if inserted:
+        return PutResult(Status(job_id, item.kind, state, now, 0, None, None, site=item.site),
+                         True)
+    [holder] = await conn.fetch(_HOLDER, item.site, item.kind, item.dedup_key)
+    return PutResult(status_of(holder), created=False)
+
+
+async def put(conn: Conn, job_id: str, item: Put, now: float) -> PutResult:
+    async with conn.transaction():
+        return await put_linked(conn, job_id, item, now)
+
+
+async def append_many(
+    conn: Conn, ids: Sequence[str], links: Sequence[Link], now: float
+) -> list[PutResult]:
+    """Posts to chains in one transaction. The chains' locks are taken first, in key order,
+    so that two uploads naming the same deals wait for each other instead of deadlocking."""
+    async with conn.transaction():
+        for site, chain in sorted({(link.first.site, link.chain) for link in links}):
+            await conn.execute(_CHAIN_LOCK, site, chain)
+        return [await _append(conn, job_id, link, now)
+                for job_id, link in zip(ids, links, strict=True)]
+
+
+async def _append(conn: Conn, job_id: str, link: Link, now: float) -> PutResult:
+    """A post to a chain: the first job, a merge into the queued tail, or a job after it."""
+    rows = await conn.fetch(_TAIL, link.first.site, link.chain)
+    if not rows:
+        return await put_linked(conn, job_id, link.first, now, link.chain, 1)
+    return await _after_tail(conn, job_id, link, now, rows[0])
+
+
+async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any) -> PutResult:
+    tail_id, kind, state, payload, seq = tail
+    payload = None if payload is None else bytes(payload)
+    item = link.next
+    if link.merge is not None and kind == item.kind and state in _QUEUED and payload:
+        merged = link.merge(payload, item.payload)
+        await conn.execute("UPDATE jobs SET payload = $2 WHERE id = $1", tail_id, merged)
+        [row] = await conn.fetch(_BY_ID, tail_id)
+        return PutResult(status_of(row), created=False, merged=True)
+    body = item.payload if link.follow is None else link.follow(payload, item.payload)
+    if body is None:
+        [row] = await conn.fetch(_BY_ID, tail_id)
+        return PutResult(status_of(row), created=False)
+    after = Put(item.kind, body, item.dedup_key, item.site, after=tail_id)
+    return await put_linked(conn, job_id, after, now, link.chain, int(seq) + 1)
+
+
+async def ack(
+    conn: Conn, job: Job, upstream_id: str, now: float, details: Mapping[str, object] | None
+) -> set[str] | None:
+    """Deliver ``job`` and release what waited for it, in one transaction: the kinds released,
+    or None when the lease was lost."""
+    text = None if details is None else orjson.dumps(details).decode()
+    async with conn.transaction():
+        tag = await conn.execute(_DELIVERED, job.id, job.lease, upstream_id, now, text)
+        if tag != "UPDATE 1":
+            return None
+        return {str(r[0]) for r in await conn.fetch(_RELEASE_HELD, job.id, now, upstream_id)}
+
+
+async def convert(conn: Conn, job: Job, kind: str, now: float) -> bool:
+    return await conn.execute(_CONVERT, job.id, job.lease, kind, now) == "UPDATE 1"
+
+
+async def backlog(conn: Conn, kind: str, now: float, limit: int) -> tuple[int, float | None]:
+    [row] = await conn.fetch(_BACKLOG, kind, now, limit)
+    return int(row[0]), None if row[1] is None else float(row[1])
+
+
+async def find(conn: Conn, site: str, kind: str, key: str) -> Status | None:
+    rows = await conn.fetch(_HOLDER, site, kind, key)
+    return status_of(rows[0]) if rows else None
+
+
+async def chain(conn: Conn, site: str, name: str) -> list[Status]:
+    return [status_of(r) for r in await conn.fetch(_CHAIN, site, name)]

@@ -1,0 +1,134 @@
+"""The SQLite store's links between jobs: held jobs, chains, and what an ack releases.
+
+Plain functions of a connection, run by :class:`~gateway.queue.sqlite.SQLiteQueue` on its
+writer thread inside one transaction each, so that a put and the ack it waits for never
+interleave: a job is held only while the job it names is not delivered.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+
+import orjson
+
+from gateway.queue.base import Job, Link, Put, PutResult, State, Status
+from gateway.queue.sqlite_schema import PENDING_SQL
+from gateway.queue.sqlite_sql import STATUS_COLS, status_of
+
+_INSERT = (
+    "INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at, site,"
+    " after, after_upstream, chain, chain_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TAIL = (
+    "SELECT id, kind, state, payload, chain_seq FROM jobs"
+    " WHERE site = ? AND chain = ? AND chain IS NOT NULL ORDER BY chain_seq DESC LIMIT 1"
+)
+_DELIVERED = (
+    "UPDATE jobs SET state = 'delivered', upstream_id = ?, done_at = ?, details = ?,"
+    " attempts = attempts + 1, last_error = NULL"
+    " WHERE id = ? AND lease = ? AND state = 'leased'"
+)
+_RELEASE_HELD = (
+    "UPDATE jobs SET state = 'ready', visible_at = ?, after_upstream = ?"
+    " WHERE after = ? AND state = 'held' RETURNING kind"
+)
+_CONVERT = (
+    "UPDATE jobs SET kind = ?, state = 'ready', visible_at = ?"
+    " WHERE id = ? AND lease = ? AND state = 'leased'"
+)
+_BACKLOG = (
+    "SELECT count(*), min(visible_at) FROM (SELECT visible_at FROM jobs"
+    f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ? ORDER BY visible_at LIMIT ?)"
+)
+_QUEUED = (State.READY.value, State.DELAYED.value, State.HELD.value)
+
+
+def _holder(conn: sqlite3.Connection, item: Put) -> Status | None:
+    if item.dedup_key is None:
+        return None
+    row = conn.execute(
+        f"SELECT {STATUS_COLS} FROM jobs WHERE site = ? AND kind = ? AND dedup_key = ?",
+        (item.site, item.kind, item.dedup_key),
+    ).fetchone()
+    return None if row is None else status_of(row)
+
+
+def put_linked(
+    conn: sqlite3.Connection, job_id: str, item: Put, now: float,
+    chain: str | None = None, seq: int | None = None,
+) -> PutResult:
+    """Insert ``item``: held while the job it waits for (``item.after``) is not delivered."""
+    holder = _holder(conn, item)
+    if holder is not None:
+        return PutResult(holder, created=False)
+    state, upstream = State.READY, None
+    if item.after is not None:
+        parent = conn.execute(
+            "SELECT state, upstream_id FROM jobs WHERE id = ?", (item.after,)
+        ).fetchone()
+        if parent is not None and parent[0] != State.DELIVERED.value:
+            state = State.HELD
+        elif parent is not None:
+            upstream = parent[1]
+    conn.execute(_INSERT, (
+        job_id, item.kind, state.value, item.payload, item.dedup_key, now, now, item.site,
+        item.after, upstream, chain, seq,
+    ))
+    return PutResult(Status(job_id, item.kind, state, now, 0, None, None, site=item.site), True)
+
+
+def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> PutResult:
+    """A post to a chain: the first job, a merge into the queued tail, or a job after it."""
+    tail = conn.execute(_TAIL, (link.first.site, link.chain)).fetchone()
+    if tail is None:
+        return put_linked(conn, job_id, link.first, now, link.chain, 1)
+    tail_id, kind, state, payload, seq = tail
+    item = link.next
+    if link.merge is not None and kind == item.kind and state in _QUEUED and payload:
+        merged = link.merge(payload, item.payload)
+        conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (merged, tail_id))
+        row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
+        return PutResult(status_of(row.fetchone()), created=False, merged=True)
+    body = item.payload if link.follow is None else link.follow(payload, item.payload)
+    if body is None:
+        row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
+        return PutResult(status_of(row.fetchone()), created=False)
+    after = Put(item.kind, body, item.dedup_key, item.site, after=tail_id)
+    return put_linked(conn, job_id, after, now, link.chain, int(seq) + 1)
+
+
+def ack(
+    conn: sqlite3.Connection, job: Job, upstream_id: str, now: float,
+    details: Mapping[str, object] | None,
+) -> set[str] | None:
+    """Deliver ``job`` and release what waited for it: the kinds released, or None when the
+    lease was lost."""
+    text = None if details is None else orjson.dumps(details).decode()
+    done = conn.execute(_DELIVERED, (upstream_id, now, text, job.id, job.lease)).rowcount
+    if done != 1:
+        return None
+    return {row[0] for row in conn.execute(_RELEASE_HELD, (now, upstream_id, job.id))}
+
+
+def convert(conn: sqlite3.Connection, job: Job, kind: str, now: float) -> bool:
+    return conn.execute(_CONVERT, (kind, now, job.id, job.lease)).rowcount == 1
+
+
+def backlog(
+    conn: sqlite3.Connection, kind: str, now: float, limit: int
+) -> tuple[int, float | None]:
+    count, oldest = conn.execute(_BACKLOG, (kind, now, limit)).fetchone()
+    return int(count), None if oldest is None else float(oldest)
+
+
+def find(conn: sqlite3.Connection, site: str, kind: str, key: str) -> Status | None:
+    return _holder(conn, Put(kind, b"", key, site))
+
+
+def chain(conn: sqlite3.Connection, site: str, name: str) -> list[Status]:
+    rows = conn.execute(
+        f"SELECT {STATUS_COLS} FROM jobs WHERE site = ? AND chain = ? AND chain IS NOT NULL"
+        " ORDER BY chain_seq", (site, name),
+    ).fetchall()
+    return [status_of(row) for row in rows]

@@ -1,0 +1,560 @@
+"""Links between jobs: held jobs (``Put.after``), chains (``append``), and what goes with them
+(``ack(details=)``, ``convert``, ``backlog``, ``find``, ``chain``, lease's one-site rule).
+
+Every test runs on every backend, as ``test_queue_contract.py``'s do, but the last two: they
+need several gateways on one store, which only PostgreSQL serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from gateway.queue import Job, Put, PutResult, Queue, State, Status, open_queue
+from gateway.queue.base import Link
+from gateway.queue.sqlite_schema import path_from_url
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'q.db'}"
+
+
+# As in test_queue_contract.py: each backend's fixture giving the URL of a new, empty store.
+BACKENDS: dict[str, str] = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def url(request: pytest.FixtureRequest) -> str:
+    found: str = request.getfixturevalue(BACKENDS[request.param])
+    return found
+
+
+@pytest.fixture
+def opener(url: str) -> Callable[[], Awaitable[Queue]]:
+    return lambda: open_queue(url)
+
+
+@pytest.fixture
+async def queue(opener: Callable[[], Awaitable[Queue]]) -> AsyncIterator[Queue]:
+    q = await opener()
+    yield q
+    await q.close()
+
+
+async def rows(url: str, query: str) -> list[tuple[object, ...]]:
+    """``query`` run on the store behind the queue's back (what the contract does not show)."""
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(path_from_url(url))) as conn:
+            return [tuple(row) for row in conn.execute(query).fetchall()]
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+async def put(q: Queue, payload: bytes = b"{}", key: str | None = None, kind: str = "lead",
+              now: float = T0, site: str = "default", after: str | None = None) -> PutResult:
+    return await q.put(Put(kind, payload, key, site, after), now)
+
+
+async def lease_one(q: Queue, kind: str, now: float, visibility: float = 30) -> Job:
+    jobs = await q.lease(kind, 10, now, visibility)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+async def state_of(q: Queue, job_id: str) -> State:
+    status = await q.status(job_id)
+    assert status is not None
+    return status.state
+
+
+async def held_child(q: Queue) -> tuple[str, str]:
+    """A lead and a comment held for it: their ids."""
+    parent = await put(q, b'{"lead": 1}')
+    child = await put(q, b'{"comment": 1}', kind="comment", after=parent.status.id)
+    assert child.created and child.status.state == State.HELD
+    return parent.status.id, child.status.id
+
+
+def deal(chain: str, body: bytes, site: str = "default", key: str | None = None,
+         merge: Callable[[bytes, bytes], bytes] | None = None,
+         follow: Callable[[bytes | None, bytes], bytes | None] | None = None) -> Link:
+    """A post to a deal's chain: its create when the chain is new, else an update."""
+    return Link(chain, Put("create", body, key, site), Put("update", body, None, site),
+                merge, follow)
+
+
+# Held jobs (Put.after)
+
+
+async def test_a_job_put_after_an_undelivered_one_is_held(queue: Queue) -> None:
+    _, child = await held_child(queue)
+    assert await state_of(queue, child) == State.HELD
+    assert await queue.lease("comment", 10, T0 + 100, 30) == []
+    assert not await queue.wait_for_work("comment", 0.2)
+    assert await queue.backlog("comment", T0 + 100, 10) == (0, None)
+    stats = await queue.stats()
+    assert (stats.counts[State.HELD], stats.counts[State.READY]) == (1, 1)
+    assert sum(stats.counts.values()) == 2
+    assert stats.oldest_pending_at == T0  # the parent's: a held job is not pending
+
+
+async def test_an_ack_releases_the_held_job_with_its_upstream_id(queue: Queue) -> None:
+    parent, child = await held_child(queue)
+    job = await lease_one(queue, "lead", T0 + 1)
+    assert job.id == parent and job.after_upstream is None
+    assert await queue.ack(job, "R1", T0 + 2)
+    assert await state_of(queue, child) == State.READY
+    released = await lease_one(queue, "comment", T0 + 2)
+    assert (released.id, released.after_upstream, released.payload, released.attempts) == (
+        child, "R1", b'{"comment": 1}', 0)
+    stats = await queue.stats()
+    assert (stats.counts[State.HELD], stats.counts[State.LEASED],
+            stats.counts[State.DELIVERED]) == (0, 1, 1)
+
+
+async def test_wait_for_work_wakes_on_the_ack_that_releases_a_held_job(queue: Queue) -> None:
+    _, child = await held_child(queue)
+    job = await lease_one(queue, "lead", T0 + 1)
+    waiting = asyncio.create_task(queue.wait_for_work("comment", 30))
+    assert await state_of(queue, child) == State.HELD  # the waiter has had its turn meanwhile
+    assert not waiting.done()  # nothing of its kind is visible: it cannot have ended
+    started = time.monotonic()
+    assert await queue.ack(job, "R1", T0 + 2)
+    assert await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 0.5  # woken by the ack, not found by a poll
+
+
+async def test_a_job_put_after_a_delivered_one_is_ready_at_once(queue: Queue) -> None:
+    parent = await put(queue)
+    job = await lease_one(queue, "lead", T0)
+    assert await queue.ack(job, "R7", T0 + 1)
+    child = await put(queue, b'{"c": 1}', kind="comment", now=T0 + 2, after=parent.status.id)
+    assert child.created and child.status.state == State.READY
+    released = await lease_one(queue, "comment", T0 + 2)
+    assert (released.id, released.after_upstream) == (child.status.id, "R7")
+
+
+async def test_a_job_put_after_an_unknown_one_is_ready_without_an_upstream(queue: Queue) -> None:
+    child = await put(queue, kind="comment", after="no-such-job")
+    assert child.created and child.status.state == State.READY
+    released = await lease_one(queue, "comment", T0)
+    assert (released.id, released.after_upstream) == (child.status.id, None)
+
+
+async def test_a_job_held_for_a_dead_one_waits_for_its_replay(queue: Queue) -> None:
+    parent, child = await held_child(queue)
+    job = await lease_one(queue, "lead", T0)
+    assert await queue.bury(job, "HTTP 400: bad", T0 + 1)
+    assert await state_of(queue, child) == State.HELD
+    assert await queue.lease("comment", 10, T0 + 100, 30) == []
+    assert await queue.replay([parent], T0 + 2) == 1
+    assert await state_of(queue, child) == State.HELD  # ready again is not delivered
+    again = await lease_one(queue, "lead", T0 + 2)
+    assert again.id == parent
+    assert await queue.lease("comment", 10, T0 + 3, 30) == []
+    assert await queue.ack(again, "R2", T0 + 3)
+    released = await lease_one(queue, "comment", T0 + 3)
+    assert (released.id, released.after_upstream) == (child, "R2")
+
+
+async def test_dedup_applies_to_puts_made_after_another(queue: Queue) -> None:
+    parent = await put(queue)
+    first = await put(queue, b"1", key="c-1", kind="comment", after=parent.status.id)
+    again = await put(queue, b"2", key="c-1", kind="comment", after=parent.status.id)
+    elsewhere = await put(queue, b"3", key="c-1", kind="comment", after="no-such-job")
+    assert first.created and not again.created and not elsewhere.created
+    assert again.status.id == first.status.id == elsewhere.status.id
+    assert again.status.state == State.HELD
+    other_site = await put(queue, b"4", key="c-1", kind="comment", site="b",
+                           after=parent.status.id)
+    assert other_site.created and other_site.status.id != first.status.id
+    assert (await queue.stats()).counts[State.HELD] == 2
+    job = await lease_one(queue, "lead", T0)
+    assert await queue.ack(job, "R1", T0 + 1)
+    released = await queue.lease("comment", 10, T0 + 1, 30, site="default")
+    assert [(j.id, j.payload) for j in released] == [(first.status.id, b"1")]
+
+
+async def test_ack_keeps_the_answer_details(queue: Queue) -> None:
+    done = await put(queue)
+    plain = await put(queue, key="plain")
+    job, other = await queue.lease("lead", 10, T0, 30)
+    assert {job.id, other.id} == {done.status.id, plain.status.id}
+    assert await queue.ack(job, "5222102", T0 + 1, details={"source": "yandex"})
+    assert await queue.ack(other, "5222103", T0 + 1)
+    status = await queue.status(job.id)
+    assert status is not None and status.details == {"source": "yandex"}
+    assert status.upstream_id == "5222102" and status.state == State.DELIVERED
+    without = await queue.status(other.id)
+    assert without is not None and without.details is None
+
+
+async def test_an_ack_from_a_lost_lease_releases_nothing(queue: Queue) -> None:
+    parent, child = await held_child(queue)
+    old = await lease_one(queue, "lead", T0, 30)
+    new = await lease_one(queue, "lead", T0 + 31, 30)
+    assert not await queue.ack(old, "R-old", T0 + 32, details={"source": "yandex"})
+    assert await state_of(queue, parent) == State.LEASED
+    assert await state_of(queue, child) == State.HELD
+    assert await queue.lease("comment", 10, T0 + 100, 30) == []
+    assert await queue.ack(new, "R-new", T0 + 33)
+    status = await queue.status(parent)
+    assert status is not None and (status.upstream_id, status.details) == ("R-new", None)
+    released = await lease_one(queue, "comment", T0 + 33)
+    assert released.after_upstream == "R-new"
+
+
+# Chains (append)
+
+
+async def test_a_new_chain_queues_its_first_put(queue: Queue) -> None:
+    result = await queue.append(deal("d-1", b"c"), T0)
+    assert (result.created, result.merged) == (True, False)
+    assert (result.status.kind, result.status.state) == ("create", State.READY)
+    [listed] = await queue.chain("default", "d-1")
+    assert (listed.id, listed.kind, listed.state) == (result.status.id, "create", State.READY)
+    job = await lease_one(queue, "create", T0)
+    assert (job.id, job.payload, job.after_upstream) == (result.status.id, b"c", None)
+
+
+async def test_the_next_post_is_held_after_the_chain_tail(queue: Queue) -> None:
+    first = await queue.append(deal("d-1", b"c"), T0)
+    second = await queue.append(deal("d-1", b"u1"), T0 + 1)
+    assert (second.created, second.merged) == (True, False)
+    assert (second.status.kind, second.status.state) == ("update", State.HELD)
+    assert await queue.lease("update", 10, T0 + 100, 30) == []
+    assert [s.id for s in await queue.chain("default", "d-1")] == [
+        first.status.id, second.status.id]
+    job = await lease_one(queue, "create", T0 + 2)
+    assert await queue.ack(job, "C1", T0 + 3)
+    update = await lease_one(queue, "update", T0 + 3)
+    assert (update.id, update.payload, update.after_upstream) == (second.status.id, b"u1", "C1")
+
+
+async def test_a_post_merges_into_the_queued_tail(queue: Queue) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+
+    def merge(queued: bytes, new: bytes) -> bytes:
+        calls.append((queued, new))
+        return queued + b"+" + new
+
+    await queue.append(deal("d-1", b"c", merge=merge), T0)
+    update = await queue.append(deal("d-1", b"u1", merge=merge), T0 + 1)
+    assert calls == []  # the tail was the create: another kind
+    merged = await queue.append(deal("d-1", b"u2", merge=merge), T0 + 2)
+    assert calls == [(b"u1", b"u2")]
+    assert (merged.created, merged.merged) == (False, True)
+    assert (merged.status.id, merged.status.state) == (update.status.id, State.HELD)
+    assert len(await queue.chain("default", "d-1")) == 2
+    job = await lease_one(queue, "create", T0 + 3)
+    assert await queue.ack(job, "C1", T0 + 4)
+    # Ready but not leased yet: still queued, still merged into.
+    again = await queue.append(deal("d-1", b"u3", merge=merge), T0 + 5)
+    assert (again.created, again.merged, again.status.id) == (False, True, update.status.id)
+    assert calls[-1] == (b"u1+u2", b"u3")
+    leased = await lease_one(queue, "update", T0 + 6)
+    assert (leased.id, leased.payload) == (update.status.id, b"u1+u2+u3")
+    assert sum((await queue.stats()).counts.values()) == 2
+
+
+async def test_a_post_after_a_leased_tail_follows_it(queue: Queue) -> None:
+    calls: list[tuple[bytes | None, bytes]] = []
+
+    def merge(queued: bytes, new: bytes) -> bytes:
+        raise AssertionError("a leased tail is not merged into")
+
+    def follow(previous: bytes | None, new: bytes) -> bytes:
+        calls.append((previous, new))
+        return b"%s>%s" % (previous, new)
+
+    await queue.append(deal("d-1", b"c"), T0)
+    update = await queue.append(deal("d-1", b"u1"), T0 + 1)
+    job = await lease_one(queue, "create", T0 + 2)
+    assert await queue.ack(job, "C1", T0 + 3)
+    sending = await lease_one(queue, "update", T0 + 4)
+    assert sending.id == update.status.id
+    after = await queue.append(deal("d-1", b"u2", merge=merge, follow=follow), T0 + 5)
+    assert calls == [(b"u1", b"u2")]
+    assert (after.created, after.merged) == (True, False)
+    assert (after.status.kind, after.status.state) == ("update", State.HELD)
+    assert await queue.lease("update", 10, T0 + 10, 30) == []  # held, and the other leased
+    assert await queue.ack(sending, "U1", T0 + 6)
+    then = await lease_one(queue, "update", T0 + 6)
+    assert (then.id, then.payload, then.after_upstream) == (after.status.id, b"u1>u2", "U1")
+    assert [s.id for s in await queue.chain("default", "d-1")][-1] == after.status.id
+
+
+async def test_follow_returning_none_queues_nothing(queue: Queue) -> None:
+    first = await queue.append(deal("d-1", b"c"), T0)
+    await lease_one(queue, "create", T0)
+    nothing = await queue.append(deal("d-1", b"u1", follow=lambda previous, new: None), T0 + 1)
+    assert (nothing.created, nothing.merged) == (False, False)
+    assert nothing.status.id == first.status.id
+    assert [s.id for s in await queue.chain("default", "d-1")] == [first.status.id]
+    assert sum((await queue.stats()).counts.values()) == 1
+
+
+async def test_chain_lists_the_statuses_oldest_first(queue: Queue) -> None:
+    ids = [(await queue.append(deal("d-1", body), T0 + n)).status.id
+           for n, body in enumerate([b"c", b"u1", b"u2"])]
+    await queue.append(deal("d-2", b"other"), T0)
+    listed = await queue.chain("default", "d-1")
+    assert [s.id for s in listed] == ids
+    assert [(s.kind, s.state) for s in listed] == [
+        ("create", State.READY), ("update", State.HELD), ("update", State.HELD)]
+    assert [s.created_at for s in listed] == [T0, T0 + 1, T0 + 2]
+    assert await queue.chain("default", "no-such-chain") == []
+
+
+async def test_chains_are_per_site(queue: Queue) -> None:
+    a = await queue.append(deal("d-1", b"a", site="a"), T0)
+    b = await queue.append(deal("d-1", b"b", site="b"), T0)
+    assert a.created and b.created and a.status.id != b.status.id
+    assert (a.status.kind, b.status.kind) == ("create", "create")
+    assert [s.id for s in await queue.chain("a", "d-1")] == [a.status.id]
+    assert [(s.id, s.site) for s in await queue.chain("b", "d-1")] == [(b.status.id, "b")]
+    assert await queue.chain("default", "d-1") == []
+    [job_b] = await queue.lease("create", 10, T0, 30, site="b")
+    assert job_b.payload == b"b"
+
+
+async def test_the_first_puts_dedup_key_dedups(queue: Queue) -> None:
+    first = await queue.append(deal("order-1", b"c", key="ord-1"), T0)
+    again = await queue.append(deal("order-1-again", b"c2", key="ord-1"), T0 + 1)
+    assert first.created
+    assert (again.created, again.merged, again.status.id) == (False, False, first.status.id)
+    assert await queue.chain("default", "order-1-again") == []
+    assert sum((await queue.stats()).counts.values()) == 1
+    other_site = await queue.append(deal("order-1", b"c", site="b", key="ord-1"), T0)
+    assert other_site.created and other_site.status.id != first.status.id
+
+
+async def test_a_chains_first_put_may_wait_for_another_job(queue: Queue) -> None:
+    lead = await put(queue)
+    link = deal("d-1", b"c")
+    waiting = Link("d-1", Put("create", b"c", "d-1", after=lead.status.id), link.next)
+    first = await queue.append(waiting, T0 + 1)
+    assert first.created and first.status.state == State.HELD
+    update = await queue.append(deal("d-1", b"u1"), T0 + 2)
+    assert update.status.state == State.HELD
+    assert await queue.lease("create", 10, T0 + 10, 30) == []
+    job = await lease_one(queue, "lead", T0 + 10)
+    assert await queue.ack(job, "L1", T0 + 11)
+    create = await lease_one(queue, "create", T0 + 11)
+    assert (create.id, create.after_upstream) == (first.status.id, "L1")
+    assert await queue.lease("update", 10, T0 + 11, 30) == []
+
+
+async def test_a_chain_runs_in_order_end_to_end(queue: Queue) -> None:
+    create, update1, update2 = [
+        (await queue.append(deal("d-1", body), T0 + n)).status.id
+        for n, body in enumerate([b"c", b"u1", b"u2"])
+    ]
+    assert await queue.lease("update", 10, T0 + 10, 30) == []
+    job = await lease_one(queue, "create", T0 + 10)
+    assert (job.id, job.after_upstream) == (create, None)
+    assert await queue.lease("update", 10, T0 + 10, 30) == []  # leased is not delivered
+    assert await queue.ack(job, "C1", T0 + 11)
+
+    job = await lease_one(queue, "update", T0 + 11)  # one: the next is still held
+    assert (job.id, job.payload, job.after_upstream) == (update1, b"u1", "C1")
+    assert await queue.ack(job, "U1", T0 + 12)
+
+    job = await lease_one(queue, "update", T0 + 12)
+    assert (job.id, job.payload, job.after_upstream) == (update2, b"u2", "U1")
+    assert await queue.ack(job, "U2", T0 + 13)
+    listed = await queue.chain("default", "d-1")
+    assert [(s.state, s.upstream_id) for s in listed] == [
+        (State.DELIVERED, "C1"), (State.DELIVERED, "U1"), (State.DELIVERED, "U2")]
+
+
+async def test_append_many_posts_each_in_order(queue: Queue) -> None:
+    def merge(queued: bytes, new: bytes) -> bytes:
+        return queued + b"+" + new
+
+    assert await queue.append_many([], T0) == []
+    results = await queue.append_many([
+        deal("d-1", b"c1"), deal("d-2", b"c2"), deal("d-1", b"u1", merge=merge),
+        deal("d-1", b"u2", merge=merge),
+    ], T0)
+    assert [(r.created, r.merged, r.status.kind, r.status.state) for r in results] == [
+        (True, False, "create", State.READY), (True, False, "create", State.READY),
+        (True, False, "update", State.HELD), (False, True, "update", State.HELD)]
+    assert results[3].status.id == results[2].status.id
+    assert [s.id for s in await queue.chain("default", "d-1")] == [
+        results[0].status.id, results[2].status.id]
+    assert [s.id for s in await queue.chain("default", "d-2")] == [results[1].status.id]
+    creates = await queue.lease("create", 10, T0, 30)
+    assert {j.id for j in creates} == {results[0].status.id, results[1].status.id}
+    for leased in creates:
+        assert await queue.ack(leased, leased.id, T0 + 1)
+    update = await lease_one(queue, "update", T0 + 1)
+    assert (update.payload, update.after_upstream) == (b"u1+u2", results[0].status.id)
+
+
+# convert, backlog, find, and lease's one-site rule
+
+
+async def test_convert_makes_a_leased_job_another_kind(queue: Queue) -> None:
+    created = await put(queue, b'{"fio": "x"}')
+    job = await lease_one(queue, "lead", T0)
+    assert await queue.retry(job, T0 + 1, "HTTP 503", T0)
+    job = await lease_one(queue, "lead", T0 + 1)
+    assert job.attempts == 1
+    assert await queue.convert(job, "comment", T0 + 2)
+    assert await queue.lease("lead", 10, T0 + 100, 30) == []
+    assert await queue.wait_for_work("comment", 0.2)
+    converted = await lease_one(queue, "comment", T0 + 2)
+    assert (converted.id, converted.kind, converted.payload, converted.attempts) == (
+        created.status.id, "comment", b'{"fio": "x"}', 1)
+    status = await queue.status(created.status.id)
+    assert status is not None and (status.kind, status.attempts) == ("comment", 1)
+
+
+async def test_a_stale_lease_cannot_convert(queue: Queue) -> None:
+    await put(queue)
+    old = await lease_one(queue, "lead", T0, 30)
+    new = await lease_one(queue, "lead", T0 + 31, 30)
+    assert not await queue.convert(old, "comment", T0 + 32)
+    status = await queue.status(old.id)
+    assert status is not None and (status.kind, status.state) == ("lead", State.LEASED)
+    assert await queue.lease("comment", 10, T0 + 32, 30) == []
+    assert await queue.convert(new, "comment", T0 + 33)
+    assert not await queue.convert(new, "other", T0 + 34)  # converted: no longer leased
+    assert (await lease_one(queue, "comment", T0 + 34)).id == new.id
+
+
+async def test_convert_moves_the_counts_between_kinds(queue: Queue, url: str) -> None:
+    await put(queue, key="a")
+    await put(queue, key="b", now=T0 + 1)
+    [job] = await queue.lease("lead", 1, T0 + 1, 30)
+    assert await queue.convert(job, "comment", T0 + 2)
+    stats = await queue.stats()
+    assert (stats.counts[State.READY], stats.counts[State.LEASED]) == (2, 0)
+    assert sum(stats.counts.values()) == 2
+    counted = await rows(
+        url, "SELECT site, kind, state, sum(n) FROM job_counts GROUP BY site, kind, state")
+    assert {row[:3]: int(str(row[3])) for row in counted if row[3]} == {
+        ("default", "lead", "ready"): 1, ("default", "comment", "ready"): 1}
+    converted = await lease_one(queue, "comment", T0 + 2)
+    assert await queue.ack(converted, "R1", T0 + 3)
+    stats = await queue.stats()
+    assert (stats.counts[State.READY], stats.counts[State.DELIVERED]) == (1, 1)
+    assert sum(stats.counts.values()) == 2
+
+
+async def test_backlog_counts_the_visible_jobs_up_to_a_limit(queue: Queue) -> None:
+    leased = await put(queue, now=T0 - 10)
+    assert (await lease_one(queue, "lead", T0 - 10, 60)).id == leased.status.id  # to T0 + 50
+    for n in (1, 2, 3):
+        await put(queue, now=T0 + n)
+    await put(queue, now=T0 + 100)  # visible later
+    await put(queue, kind="lead", now=T0 + 4, after=leased.status.id)  # held
+    await put(queue, now=T0 + 5)
+    [delayed] = await queue.lease("lead", 1, T0 + 5, 30)  # the oldest visible: T0 + 1's
+    assert await queue.retry(delayed, T0 + 200, "HTTP 503", T0 + 5)  # visible later too
+    assert await queue.backlog("lead", T0 + 10, 10) == (3, T0 + 2)
+    assert await queue.backlog("lead", T0 + 10, 2) == (2, T0 + 2)
+    assert await queue.backlog("lead", T0 + 2.5, 10) == (1, T0 + 2)
+    assert await queue.backlog("lead", T0, 10) == (0, None)
+    assert await queue.backlog("comment", T0 + 10, 10) == (0, None)
+    # Past the lease's end the leased job is visible again, with the time it became so.
+    assert await queue.backlog("lead", T0 + 60, 10) == (4, T0 + 2)
+
+
+async def test_lease_of_several_takes_one_site(queue: Queue) -> None:
+    a1 = await put(queue, site="a", now=T0 + 1)
+    b0 = await put(queue, site="b", now=T0)
+    a2 = await put(queue, site="a", now=T0 + 2)
+    b3 = await put(queue, site="b", now=T0 + 3)
+    first = await queue.lease("lead", 10, T0 + 10, 30)
+    assert [(j.id, j.site) for j in first] == [(b0.status.id, "b"), (b3.status.id, "b")]
+    second = await queue.lease("lead", 10, T0 + 10, 30)
+    assert [(j.id, j.site) for j in second] == [(a1.status.id, "a"), (a2.status.id, "a")]
+    assert await queue.lease("lead", 10, T0 + 10, 30) == []
+
+
+async def test_find_returns_the_holder_of_a_dedup_key(queue: Queue) -> None:
+    held = await put(queue, key="k-1")
+    other = await put(queue, key="k-1", site="b", kind="comment", after=held.status.id)
+    found = await queue.find("default", "lead", "k-1")
+    assert found is not None
+    assert (found.id, found.kind, found.state, found.site) == (
+        held.status.id, "lead", State.READY, "default")
+    in_b = await queue.find("b", "comment", "k-1")
+    assert in_b is not None and (in_b.id, in_b.state) == (other.status.id, State.HELD)
+    assert await queue.find("default", "lead", "k-2") is None
+    assert await queue.find("default", "comment", "k-1") is None
+    assert await queue.find("c", "lead", "k-1") is None
+    job = await lease_one(queue, "lead", T0)
+    assert await queue.ack(job, "R1", T0 + 1)
+    done = await queue.find("default", "lead", "k-1")
+    assert done is not None and (done.state, done.upstream_id) == (State.DELIVERED, "R1")
+
+
+# Several gateways on one store: PostgreSQL only
+
+
+async def test_two_gateways_appending_to_one_chain_keep_it_in_line(postgres_url: str) -> None:
+    one, two = await open_queue(postgres_url), await open_queue(postgres_url)
+    try:
+        results = await asyncio.gather(*(
+            q.append(deal("d-1", b"%s-%d" % (name, n)), T0)
+            for n in range(20) for name, q in ((b"one", one), (b"two", two))
+        ))
+        assert all(r.created and not r.merged for r in results)
+        assert len({r.status.id for r in results}) == 40
+        assert [r.status.kind for r in results].count("create") == 1
+        linked = await rows(
+            postgres_url, "SELECT id, kind, chain_seq, after FROM jobs WHERE chain = 'd-1'"
+            " ORDER BY chain_seq")
+        assert [row[2] for row in linked] == list(range(1, 41))  # no gap, no repeat
+        assert [row[1] for row in linked] == ["create"] + ["update"] * 39
+        assert [row[3] for row in linked] == [None] + [row[0] for row in linked[:-1]]
+        listed: list[Status] = await one.chain("default", "d-1")
+        assert [s.id for s in listed] == [row[0] for row in linked]
+
+        # Each is leasable only once the one before is delivered, by either gateway.
+        job = await lease_one(two, "create", T0)
+        previous, now = "C", T0
+        for n, q in enumerate([one, two] * 20):
+            assert await q.ack(job, previous, now)
+            if n == 39:
+                break
+            now += 1
+            job = await lease_one(q, "update", now)
+            assert (job.id, job.after_upstream) == (linked[n + 1][0], previous)
+            previous = f"U{n + 1}"
+        assert await one.lease("update", 10, now + 100, 30) == []
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_two_gateways_appending_to_two_chains_in_opposite_orders(postgres_url: str) -> None:
+    one, two = await open_queue(postgres_url), await open_queue(postgres_url)
+    try:
+        for n in range(10):
+            a, b = deal("d-a", b"a%d" % n), deal("d-b", b"b%d" % n)
+            # Each batch locks both chains: in key order, or the two deadlock.
+            await asyncio.gather(one.append_many([a, b], T0 + n), two.append_many([b, a], T0 + n))
+        for name in ("d-a", "d-b"):
+            linked = await rows(postgres_url, "SELECT chain_seq, kind FROM jobs WHERE chain ="
+                                f" '{name}' ORDER BY chain_seq")
+            assert linked == [(1, "create")] + [(i, "update") for i in range(2, 21)]
+    finally:
+        await one.close()
+        await two.close()
