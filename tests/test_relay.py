@@ -287,7 +287,7 @@ async def _stop_during_lease(
 
 
 class _NeverSends:
-    kind, method, batch = "lead", "register", 1
+    kind, method, batch, linger, reads_errors = "lead", "register", 1, 0.0, False
 
     def call(self, jobs: Sequence[Job]) -> Call:
         raise AssertionError("a stopped relay sent a job")

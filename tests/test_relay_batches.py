@@ -33,7 +33,7 @@ KIND = "batch"
 class BatchKind:
     """Up to 100 jobs a call; the answer is a list of ``{"ok", "retry", "error", "id"}``."""
 
-    kind, method, batch = KIND, "fake/batch", 100
+    kind, method, batch, linger, reads_errors = KIND, "fake/batch", 100, 0.0, False
 
     def call(self, jobs: Sequence[Job]) -> Call:
         return Call("POST", "/batch/", json=[orjson.loads(job.payload) for job in jobs])

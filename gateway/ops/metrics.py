@@ -82,6 +82,28 @@ class Metrics:
         self.dead = Counter(
             "ctgw_leads_dead", "Leads dead-lettered, by reason.", ["reason"], registry=r
         )
+        # Every kind (lead, deal.create, deal.update, comment, order1): the lead series above
+        # stay as they were, for the dashboards and alerts built on them.
+        self.jobs_received = Counter(
+            "ctgw_jobs_received", "Jobs posted to the gateway, by kind and outcome.",
+            ["kind", "outcome"], registry=r,
+        )
+        self.jobs_delivered = Counter(
+            "ctgw_jobs_delivered", "Jobs Calltouch accepted, by kind.", ["kind"], registry=r
+        )
+        self.jobs_dead = Counter(
+            "ctgw_jobs_dead", "Jobs dead-lettered, by kind and reason.", ["kind", "reason"],
+            registry=r,
+        )
+        self.job_delivery_seconds = Histogram(
+            "ctgw_job_delivery_seconds", "Time from acceptance to delivery, by kind.",
+            ["kind"], buckets=_DELIVERY, registry=r,
+        )
+        self.auth_failures = Counter(
+            "ctgw_upstream_auth_failures", "Calls Calltouch refused for their credentials, by"
+            " method: that kind waits for the right token, without spending attempts.",
+            ["method"], registry=r,
+        )
         self.retention_purged = Counter(
             "ctgw_retention_purged", "Settled leads whose personal data was purged, by state.",
             ["state"], registry=r,

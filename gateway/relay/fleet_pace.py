@@ -31,6 +31,7 @@ from gateway.calltouch.client import Reply
 from gateway.queue.postgres import guarded
 from gateway.queue.postgres_schema import SESSION_SETTINGS
 from gateway.relay import fleet_pace_sql as sql
+from gateway.relay.gates import Turns, urgency
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class FleetPace:
         self._recovery = recovery
         self._retry = retry
         self._pool = pool
-        self._lock = asyncio.Lock()
+        self._turns = Turns()
         self._todo: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._prepared = False
@@ -119,7 +120,7 @@ class FleetPace:
 
     async def admit(self, kind: str) -> FleetSlot:
         # One grant at a time from this gateway: more would only queue on the egress row.
-        async with self._lock:
+        async with self._turns.turn(urgency(kind)):
             while True:
                 got = await self._attempt()
                 if isinstance(got, FleetSlot):

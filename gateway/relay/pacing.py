@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.calltouch.answers import Retry
 from gateway.calltouch.client import Reply
+from gateway.relay.gates import Turns, urgency
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -75,15 +76,15 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._slots: deque[Slot] = deque(maxlen=self.count)
-        self._lock = asyncio.Lock()
+        self._turns = Turns()
         self._paused_until = -math.inf
         self._last_grant = -math.inf
 
     async def admit(self, kind: str) -> Slot:
-        return await self.acquire()
+        return await self.acquire(urgency(kind))
 
-    async def acquire(self) -> Slot:
-        async with self._lock:
+    async def acquire(self, priority: int = 1) -> Slot:
+        async with self._turns.turn(priority):
             while (delay := await self._delay()) > 0:
                 await self._sleep(delay)
             slot = Slot(self)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from gateway.calltouch.answers import Delivered, Retry, Verdict
+from gateway.calltouch.answers import Convert, Defer, Delivered, Permanent, Retry, Verdict
 from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.ops.metrics import Metrics
 from gateway.queue import Job, Queue
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # A dispatcher looks again after this long without work; work queued here wakes it at once.
 IDLE_SECONDS = 60.0
+LEAD = "lead"  # the kind whose series the lead metrics are (gateway.kinds.lead.KIND)
+AUTH_FAILED = "auth_failed"  # the Defer code of a call refused for its credentials
 
 
 class Sender(Protocol):
@@ -40,11 +42,15 @@ class Sender(Protocol):
     def method(self) -> str: ...  # Calltouch's method: the metric label of its calls
     @property
     def batch(self) -> int: ...  # the most jobs one call may carry
+    @property
+    def linger(self) -> float: ...  # how long a partial batch may wait to fill up
+    @property
+    def reads_errors(self) -> bool: ...  # read() also decides 4xx answers (their bodies say)
 
     def call(self, jobs: Sequence[Job]) -> Call: ...
 
     def read(self, reply: Reply, jobs: Sequence[Job]) -> list[Verdict]:
-        """One verdict per job, in order, from a 2xx ``reply``."""
+        """One verdict per job, in order, from a 2xx ``reply`` (or a 4xx, if it reads errors)."""
 
 
 class Relay:
@@ -100,6 +106,8 @@ class Relay:
             try:
                 if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS):
                     continue
+                if sender.linger > 0 and not await self._filled(sender):
+                    continue
                 await self._permits.acquire()
                 try:
                     started = await self._start_call(sender)
@@ -114,6 +122,20 @@ class Relay:
             failures = 0
             if not started:
                 self._permits.release()
+
+    async def _filled(self, sender: Sender) -> bool:
+        """Whether a call would go full, or its oldest job has waited its linger; if neither,
+        wait until that linger is over (a bulk upload fills the batch sooner, a lone deal is
+        held only that long)."""
+        now = self._clock()
+        count, oldest = await self._queue.backlog(sender.kind, now, sender.batch)
+        if count == 0 or oldest is None:
+            return False
+        wait = oldest + sender.linger - now
+        if count >= sender.batch or wait <= 0:
+            return True
+        await asyncio.sleep(min(wait, sender.linger))
+        return False
 
     async def _start_call(self, sender: Sender) -> bool:
         """Pass the gates, lease, and start the send; False when no job was left to lease."""
@@ -163,30 +185,50 @@ class Relay:
             written(time.monotonic())  # a call cut short must not hold the window
         for ticket in tickets:
             ticket.answered(reply)
-        verdicts: list[Verdict] = (
-            [reply.failure] * len(jobs) if reply.failure else sender.read(reply, jobs)
-        )
+        verdicts = self._verdicts(sender, reply, jobs)
         self._count_call(sender.method, verdicts, time.monotonic() - started)
         for job, verdict in zip(jobs, verdicts, strict=True):
             await self._settle(job, verdict)
+
+    @staticmethod
+    def _verdicts(sender: Sender, reply: Reply, jobs: list[Job]) -> list[Verdict]:
+        failure = reply.failure
+        if failure is None or (sender.reads_errors and isinstance(failure, Permanent)):
+            return sender.read(reply, jobs)
+        return [failure] * len(jobs)
 
     def _count_call(self, method: str, verdicts: list[Verdict], seconds: float) -> None:
         # One label a call: "ok" when Calltouch took any of its jobs, else the first's code.
         delivered = any(isinstance(v, Delivered) for v in verdicts)
         self._metrics.upstream.labels(method, "ok" if delivered else verdicts[0].code).inc()
         self._metrics.upstream_seconds.labels(method).observe(seconds)
+        if any(isinstance(v, Defer) and v.code == AUTH_FAILED for v in verdicts):
+            self._metrics.auth_failures.labels(method).inc()
+            log.error("calltouch refused the credentials method=%s: its jobs wait", method)
 
     async def _settle(self, job: Job, verdict: Verdict) -> None:
         now = self._clock()
         if isinstance(verdict, Delivered):
-            if await self._queue.ack(job, verdict.upstream_id, now):
-                self._metrics.delivered.inc()
-                self._metrics.delivery_seconds.observe(max(0.0, now - job.created_at))
-                log.info("delivered job=%s attempts=%d", job.id, job.attempts + 1)
+            if await self._queue.ack(job, verdict.upstream_id, now, verdict.details):
+                self._count_delivered(job, now)
         elif isinstance(verdict, Retry):
             await self._retry(job, verdict, now)
+        elif isinstance(verdict, Defer):  # not applied, not its fault: no attempt spent
+            await self._queue.defer(job, now + verdict.delay)
+        elif isinstance(verdict, Convert):
+            await self._queue.convert(job, verdict.kind, now)
+            log.info("converted job=%s kind=%s to=%s", job.id, job.kind, verdict.kind)
         else:
             await self._bury(job, verdict.code, verdict.detail, now)
+
+    def _count_delivered(self, job: Job, now: float) -> None:
+        seconds = max(0.0, now - job.created_at)
+        self._metrics.jobs_delivered.labels(job.kind).inc()
+        self._metrics.job_delivery_seconds.labels(job.kind).observe(seconds)
+        if job.kind == LEAD:
+            self._metrics.delivered.inc()
+            self._metrics.delivery_seconds.observe(seconds)
+        log.info("delivered job=%s kind=%s attempts=%d", job.id, job.kind, job.attempts + 1)
 
     async def _retry(self, job: Job, verdict: Retry, now: float) -> None:
         if now - job.created_at > self._max_age:
@@ -201,5 +243,7 @@ class Relay:
 
     async def _bury(self, job: Job, reason: str, detail: str, now: float) -> None:
         if await self._queue.bury(job, detail, now):
-            self._metrics.dead.labels(reason).inc()
-            log.error("dead job=%s reason=%s", job.id, reason)
+            self._metrics.jobs_dead.labels(job.kind, reason).inc()
+            if job.kind == LEAD:
+                self._metrics.dead.labels(reason).inc()
+            log.error("dead job=%s kind=%s reason=%s", job.id, job.kind, reason)
