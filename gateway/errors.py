@@ -5,7 +5,8 @@
     │   ├── Throttled       the client posts too fast (429 with Retry-After)
     │   ├── SlowClient      the body did not arrive in time (408, connection closed)
     │   └── ClientGone      the client hung up mid-body (counted; nobody reads the answer)
-    └── InvalidLead         the body reads, but fields break the rules (422)
+    └── Invalid             the body reads, but fields break the rules (422)
+        └── InvalidLead     … of a lead
 """
 
 from __future__ import annotations
@@ -79,15 +80,24 @@ class ClientGone(BadRequest):
         super().__init__("client_closed", "the connection closed before the body came", 400)
 
 
-class InvalidLead(GatewayError):
+class Invalid(GatewayError):
+    """An item (a deal, a comment, a 1.0 order) whose fields break the rules: ``error`` names
+    its kind, e.g. ``invalid_deal``."""
+
     status = 422
-    error = "invalid_lead"
+    error = "invalid_item"
     outcome = "invalid"
 
-    def __init__(self, errors: list[FieldError]) -> None:
+    def __init__(self, errors: list[FieldError], error: str | None = None) -> None:
         super().__init__(f"{len(errors)} invalid field(s)")
         self._errors = errors
+        if error is not None:
+            self.error = error
 
     @property
     def errors(self) -> list[FieldError]:
         return self._errors
+
+
+class InvalidLead(Invalid):
+    error = "invalid_lead"

@@ -7,6 +7,7 @@ from email.utils import formatdate
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -60,7 +61,16 @@ def test_every_answer_is_classified(status: int, body: bytes, expected: tuple[st
 
 
 def test_a_delivered_answer_keeps_calltouchs_request_id() -> None:
-    assert classify(200, {}, OK) == Delivered("5222103")
+    assert classify(200, {}, OK) == Delivered("5222103", details={"attribution": None})
+
+
+def test_a_delivered_answer_keeps_the_session_source_and_nothing_personal() -> None:
+    answer = {"requestId": 7, "session": {"source": "yandex", "utmCampaign": "spring",
+                                          "ip": "10.1.2.3", "phone": "79001234567"},
+              "client": {"fio": "Иван", "phones": ["79001234567"]}}
+    verdict = classify(200, {}, orjson.dumps(answer))
+    assert verdict == Delivered(
+        "7", details={"attribution": {"source": "yandex", "utmCampaign": "spring"}})
 
 
 def test_a_permanent_failure_keeps_its_reason() -> None:

@@ -6,9 +6,11 @@ Each check takes what a decoded body holds and returns the value to store, or ra
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TypeGuard
 
 MAX_CUSTOM_FIELDS = 20
@@ -156,3 +158,22 @@ def normalise_custom(value: object) -> dict[str, str]:
             raise Bad("invalid_custom_field", f"value of {key!r} must not be empty")
         fields[key] = text
     return fields
+
+
+_AMOUNT = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,20})?")
+_CENTS = Decimal("0.01")
+_AMOUNT_MESSAGE = "must be a non-negative amount below 10^15, like 1000 or 1000.50"
+
+
+def normalise_amount(value: object) -> str:
+    """Money as text of two decimals ("1000.00"): a number, or the text of one with a point."""
+    if isinstance(value, str) and _AMOUNT.fullmatch(value.strip()):
+        amount = Decimal(value.strip())
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        amount = Decimal(value)
+    else:
+        raise Bad("invalid_amount", _AMOUNT_MESSAGE)
+    if not 0 <= amount < 10**15:
+        raise Bad("invalid_amount", _AMOUNT_MESSAGE)
+    # abs(): a JSON -0.0 is zero, not "-0.00".
+    return str(abs(amount).quantize(_CENTS, ROUND_HALF_UP))

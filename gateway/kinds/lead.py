@@ -28,6 +28,10 @@ METHOD = "register"
 REGISTER_PATH = "/calls-service/RestAPI/requests/{site_id}/register/"
 Channel = Literal["browser", "api"]
 CONTACT_FIELDS = ("fio", "phoneNumber", "email")
+# What register's answer says of the lead's traffic source (its "session"): the ERP example
+# reads it into its order.
+ATTRIBUTION = ("source", "medium", "utmSource", "utmMedium", "utmCampaign", "utmContent",
+               "utmTerm", "keywords", "city")
 DATE_FORMAT = f.DATE_FORMAT
 MAX_CUSTOM_FIELDS = f.MAX_CUSTOM_FIELDS
 # The largest integer a browser's Number holds exactly: Math.round(performance.now()) never
@@ -163,6 +167,16 @@ def register_form(fields: Mapping[str, Any]) -> dict[str, str]:
     return form
 
 
+def attribution(answer: Mapping[str, Any]) -> dict[str, str] | None:
+    """The traffic source Calltouch found for the lead: nothing personal, so it is kept and
+    shown by the lead's status. ``None`` when Calltouch found no session."""
+    session = answer.get("session")
+    if not isinstance(session, dict):
+        return None
+    return {key: str(session[key])[:256] for key in ATTRIBUTION
+            if isinstance(session.get(key), (str, int))}
+
+
 def read_answer(status: int, body: bytes) -> Delivered | Permanent:
     """A 2xx register answer: delivered when it names a ``requestId``. Calltouch answers 200
     with an error text when no parameter was given."""
@@ -171,7 +185,7 @@ def read_answer(status: int, body: bytes) -> Delivered | Permanent:
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict) and data.get("requestId") not in (None, ""):
-        return Delivered(str(data["requestId"]))
+        return Delivered(str(data["requestId"]), details={"attribution": attribution(data)})
     return Permanent("invalid_answer", f"HTTP {status} without requestId: "
                      + redact(error_text(body)))
 
@@ -182,6 +196,8 @@ class LeadKind:
     kind = KIND
     method = METHOD
     batch = 1
+    linger = 0.0
+    reads_errors = False
 
     def __init__(self, site_ids: Mapping[str, str]) -> None:
         self._site_ids = dict(site_ids)
