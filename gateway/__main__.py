@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from gateway import __version__, app, spam_cli
+from gateway import __version__, app, import_cli, spam_cli
 from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, store_from_env
 from gateway.ops import logs
-from gateway.queue import Queue, QueueError, State, open_queue
+from gateway.queue import Queue, QueueError, State, Status, open_queue
 from gateway.queue.sqlite_schema import path_from_url
 from gateway.sandbox.server import SandboxThread
 
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     queue = sub.add_parser("queue", help="inspect the queue", epilog=_STORE_EPILOG)
     queue.add_argument("action", choices=["stats"], help="stats: jobs by state, oldest age")
     _dead_parsers(sub.add_parser("dead", help="dead letters", epilog=_STORE_EPILOG))
+    import_cli.add_parser(sub)
     spam_cli.add_parsers(
         sub.add_parser("spam", help="leads scored as spam, kept apart", epilog=_STORE_EPILOG),
         _STORE_EPILOG,
@@ -79,11 +80,16 @@ def _dead_parsers(dead: argparse.ArgumentParser) -> None:
                                   epilog=_STORE_EPILOG)
     listing.add_argument("--limit", type=int, default=100, metavar="N",
                          help="list at most N dead letters, the oldest first (default 100)")
+    listing.add_argument("--kind", default=None, metavar="KIND",
+                         help="only those of KIND: lead, deal.create, deal.update, comment,"
+                         " order1")
     replay = dead_sub.add_parser("replay", help="queue dead letters again", epilog=_STORE_EPILOG)
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", dest="ids", metavar="ID",
                        help="the id of a dead letter to replay (repeat for several)")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
+    which.add_argument("--kind", default=None, metavar="KIND",
+                       help="replay every dead letter of KIND (e.g. deal.create)")
 
 
 def store_label(url: str, *, create: bool) -> str:
@@ -162,9 +168,16 @@ async def _stats(queue: Queue) -> None:
     print(f"{'oldest':<10} {age:.0f}s")
 
 
-def _dead_list(limit: int) -> Action:
+async def _dead_of(queue: Queue, limit: int, kind: str | None) -> list[Status]:
+    if kind is None:
+        return await queue.dead(limit)
+    everything = await queue.dead((await queue.stats()).counts[State.DEAD])
+    return [status for status in everything if status.kind == kind][:limit]
+
+
+def _dead_list(limit: int, kind: str | None) -> Action:
     async def run(queue: Queue) -> None:
-        dead = await queue.dead(limit)
+        dead = await _dead_of(queue, limit, kind)
         if not dead:
             print("no dead letters")
         for status in dead:
@@ -173,8 +186,11 @@ def _dead_list(limit: int) -> Action:
     return run
 
 
-def _replay(ids: list[str] | None) -> Action:
+def _replay(ids: list[str] | None, kind: str | None = None) -> Action:
     async def run(queue: Queue) -> None:
+        nonlocal ids
+        if kind is not None:
+            ids = [status.id for status in await _dead_of(queue, 10**9, kind)]
         print(f"replayed {await queue.replay(ids, time.time())}")
         purged = await _purged_dead(queue, ids)
         if purged:
@@ -199,8 +215,8 @@ def _store_action(args: argparse.Namespace) -> Action:
     if args.command == "spam":
         return spam_cli.action(args)
     if args.action == "list":
-        return _dead_list(args.limit)
-    return _replay(None if args.all else args.ids)
+        return _dead_list(args.limit, args.kind)
+    return _replay(None if args.all else args.ids, args.kind)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _run_serve(from_env(os.environ, sandbox=args.sandbox))
+        if args.command == "deals":
+            return import_cli.run(args)
         store = store_from_env(os.environ)
         label = store_label(store.queue_url, create=False)
         logs.setup(store.log_level)

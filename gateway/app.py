@@ -22,17 +22,21 @@ from aiohttp.typedefs import Handler
 from gateway.calltouch.client import CalltouchClient, trace_config
 from gateway.config import Settings
 from gateway.intake import listener, snippet
+from gateway.intake.backoffice import BackOffice
 from gateway.intake.edge import edge, unmatched
 from gateway.intake.handlers import Intake
 from gateway.intake.listener import bound_address
 from gateway.intake.quarantine import Quarantine
+from gateway.kinds.comment import CommentKind
+from gateway.kinds.deal import DealCreateKind, DealUpdateKind
 from gateway.kinds.lead import LeadKind
+from gateway.kinds.order1 import Order1Kind
 from gateway.ops.endpoints import create_ops_app
 from gateway.ops.metrics import Metrics
 from gateway.ops.retention import Retention
 from gateway.queue import DEFAULT_SITE, Queue, open_queue
 from gateway.relay.pacing import Pacer
-from gateway.relay.relay import Relay
+from gateway.relay.relay import Relay, Sender
 
 if TYPE_CHECKING:
     from gateway.relay.fleet_pace import FleetPace
@@ -46,6 +50,7 @@ QUEUE = web.AppKey("queue", Queue)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 RELAY = web.AppKey("relay", Relay)
 INTAKE = web.AppKey("intake", Intake)
+BACK_OFFICE = web.AppKey("back_office", BackOffice)
 OPS_RUNNER = web.AppKey("ops_runner", web.AppRunner)
 
 
@@ -66,10 +71,13 @@ def create_app(
     )
     app.on_shutdown.append(_start_draining)
     expect = listener.expect_handler(settings.max_body)
+    # A bulk upload is invited up to its own limit (curl asks before a body of 1 MiB or more).
+    expect_upload = listener.expect_handler(settings.max_upload)
     for method, path, handler in _routes(settings):
+        invite = expect_upload if path in UPLOADS else expect
         for verb in ("HEAD", "GET") if method == "GET" else (method,):  # as add_get does
             app.router.add_route(
-                verb, path, edge(path, handler, metrics.http), expect_handler=expect
+                verb, path, edge(path, handler, metrics.http), expect_handler=invite
             )
     # Last, so every route above is tried first: what none of them takes gets a JSON answer.
     app.router.add_route("*", "/{path:.*}", edge("unmatched", unmatched, metrics.http),
@@ -85,6 +93,11 @@ def _routes(settings: Settings) -> list[tuple[str, str, Handler]]:
         ("POST", "/api/v1/leads", _api),
         ("GET", "/api/v1/leads/{id}", _status),
         ("GET", "/snippet.js", served.serve),
+        ("POST", "/api/v1/deals", _post_deals),
+        ("GET", "/api/v1/deals/{order_number}", _get_deal),
+        ("POST", "/api/v1/comments", _post_comments),
+        ("GET", "/api/v1/comments/{id}", _get_comment),
+        *((method, LEGACY + path, _legacy) for method, path in LEGACY_ROUTES),
     ]
     if settings.sandbox:
         routes += [("GET", "/", snippet.demo), ("GET", "/sandbox/leads", _sandbox_leads),
@@ -106,6 +119,33 @@ async def _api(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     return await request.app[INTAKE].status(request)
+
+
+UPLOADS = frozenset({"/api/v1/deals", "/api/v1/comments"})
+# Calltouch's own paths of deals 1.0: an integration changes only its base URL.
+LEGACY = "/calls-service/RestAPI/orders/"
+LEGACY_ROUTES = (("GET", "register/"), ("POST", "register/"), ("GET", "update-by-id/"),
+                 ("GET", "delete-by-id/"))
+
+
+async def _post_deals(request: web.Request) -> web.Response:
+    return await request.app[BACK_OFFICE].post_deals(request)
+
+
+async def _get_deal(request: web.Request) -> web.Response:
+    return await request.app[BACK_OFFICE].get_deal(request)
+
+
+async def _post_comments(request: web.Request) -> web.Response:
+    return await request.app[BACK_OFFICE].post_comments(request)
+
+
+async def _get_comment(request: web.Request) -> web.Response:
+    return await request.app[BACK_OFFICE].get_comment(request)
+
+
+async def _legacy(request: web.Request) -> web.Response:
+    return await request.app[BACK_OFFICE].legacy(request)
 
 
 async def _sandbox_leads(request: web.Request) -> web.Response:
@@ -153,7 +193,7 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.rate_limit.set_function(lambda: pacer.current)
     metrics.rate_limit_max.set(settings.rate)
     client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)
-    senders = [LeadKind({DEFAULT_SITE: settings.site_id})]
+    senders = _senders(settings)
     app[RELAY] = relay = Relay(
         app[QUEUE], client, senders, [pacer], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
@@ -165,6 +205,21 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("relay stopped unsent_in_flight=%d", unsent)
     if fleet is not None:  # after the relay, so that its last calls' stamps are recorded
         await fleet.close()
+
+
+def _senders(settings: Settings) -> list[Sender]:
+    """Every kind the settings can send: the back office's only with its credentials."""
+    site_ids = {DEFAULT_SITE: settings.site_id}
+    senders: list[Sender] = [LeadKind(site_ids)]
+    if settings.access_token is not None:
+        tokens = {DEFAULT_SITE: settings.access_token}
+        linger = settings.batch_linger
+        senders += [DealCreateKind(site_ids, tokens, linger),
+                    DealUpdateKind(site_ids, tokens, linger),
+                    CommentKind(site_ids, tokens, linger)]
+    if settings.client_api_id is not None:
+        senders.append(Order1Kind({DEFAULT_SITE: settings.client_api_id}))
+    return senders
 
 
 async def _open_fleet_pace(settings: Settings) -> FleetPace | None:
@@ -183,7 +238,9 @@ async def _open_fleet_pace(settings: Settings) -> FleetPace | None:
 async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     quarantine = Quarantine(app[QUEUE], settings.spam_max)
-    app[INTAKE] = Intake(settings, app[QUEUE], app[METRICS], quarantine)
+    app[INTAKE] = intake = Intake(settings, app[QUEUE], app[METRICS], quarantine)
+    app[BACK_OFFICE] = BackOffice(settings, app[QUEUE], app[METRICS], intake.authorise,
+                                  lambda: intake.draining)
     quarantine.start()
     yield
     await quarantine.stop()

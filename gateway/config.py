@@ -23,7 +23,15 @@ _MOD_ID = re.compile(r"^[0-9a-z]{8}$")
 _EGRESS = re.compile(r"^[a-z0-9_-]{1,64}$")
 _SANDBOX_SITE_ID = "18990"
 # An error line must not print a token, nor a queue URL (a PostgreSQL one holds a password).
-_SECRET = frozenset({"CTGW_API_TOKENS", "CTGW_QUEUE"})
+_SECRET = frozenset({"CTGW_API_TOKENS", "CTGW_QUEUE", "CTGW_ACCESS_TOKEN", "CTGW_CLIENT_API_ID"})
+_SIZE = re.compile(r"^(\d+)(|k|kb|kib|m|mb|mib|g|gb|gib)$")
+_SIZE_UNITS = {"": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+# What the sandbox's back office is sent when no credential is set: it takes any.
+SANDBOX_ACCESS_TOKEN = "sandbox-access-token"  # noqa: S105 -- the simulator's, not a secret
+SANDBOX_CLIENT_API_ID = "sandbox-client-api-id"
+# The customSources fallback of a deal that no lead matched: the ERP example's "offline visit".
+DEAL_FALLBACK = "оффлайн-визит"
 _RATE_FORM = "expected requests per second, a number above 0 and at most 1000, e.g. 5"
 # Calltouch's published limit, requests per second per IP: above it, expect 429s.
 CALLTOUCH_RATE = 5.0
@@ -116,6 +124,14 @@ class Settings:
     bot_threshold: int = 2
     bot_agents: tuple[str, ...] = DEFAULT_BOT_AGENTS
     sandbox: bool = False
+    # The back office: credentials are added at send time, never queued nor shown.
+    access_token: str | None = field(default=None, repr=False)
+    client_api_id: str | None = field(default=None, repr=False)
+    max_upload: int = 64 << 20  # an NDJSON upload, read as a stream
+    batch_linger: float = 1.0
+    deal_source: str = DEAL_FALLBACK
+    deal_medium: str = DEAL_FALLBACK
+    deal_campaign: str = DEAL_FALLBACK
 
     def with_calltouch(self, url: str) -> Settings:
         return replace(self, calltouch_url=url)
@@ -266,6 +282,32 @@ def parse_agents(raw: str) -> tuple[str, ...]:
     return tuple(a.strip().lower() for a in raw.split(",") if a.strip())
 
 
+def parse_size(raw: str) -> int:
+    match = _SIZE.match(raw.strip().lower())
+    if not match or not 1 <= int(match[1]) * _SIZE_UNITS[match[2]] <= 1 << 40:
+        raise ValueError("expected a size in bytes, e.g. 67108864, 64MiB or 512KiB")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+def parse_linger(raw: str) -> float:
+    seconds = parse_duration(raw)
+    if seconds > 60:
+        raise ValueError("expected a duration of at most 60s, e.g. 1s or 250ms")
+    return seconds
+
+
+def parse_secret(raw: str) -> str:
+    if len(raw) > 512 or not raw.isprintable():
+        raise ValueError("expected printable text of at most 512 characters")
+    return raw
+
+
+def parse_label(raw: str) -> str:
+    if len(raw) > 256 or not raw.isprintable():
+        raise ValueError("expected printable text of at most 256 characters")
+    return raw
+
+
 def parse_level(raw: str) -> str:
     level = raw.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -329,4 +371,13 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         bot_threshold=_parse(env, "CTGW_BOT_THRESHOLD", parse_count, d.bot_threshold),
         bot_agents=_parse(env, "CTGW_BOT_AGENTS", parse_agents, d.bot_agents),
         sandbox=sandbox,
+        access_token=_parse(env, "CTGW_ACCESS_TOKEN", parse_secret,
+                            SANDBOX_ACCESS_TOKEN if sandbox else None),
+        client_api_id=_parse(env, "CTGW_CLIENT_API_ID", parse_secret,
+                             SANDBOX_CLIENT_API_ID if sandbox else None),
+        max_upload=_parse(env, "CTGW_MAX_UPLOAD", parse_size, d.max_upload),
+        batch_linger=_parse(env, "CTGW_BATCH_LINGER", parse_linger, d.batch_linger),
+        deal_source=_parse(env, "CTGW_DEAL_SOURCE", parse_label, d.deal_source),
+        deal_medium=_parse(env, "CTGW_DEAL_MEDIUM", parse_label, d.deal_medium),
+        deal_campaign=_parse(env, "CTGW_DEAL_CAMPAIGN", parse_label, d.deal_campaign),
     )

@@ -80,11 +80,13 @@ class Intake:
         return await self._counted(request, "api")
 
     async def status(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         status = await self.queue.status(request.match_info["id"])
-        if status is None:
+        if status is None or status.kind != leads.KIND:
             raise BadRequest("not_found", "no lead with this id", status=404)
-        return json_response(status.as_dict())
+        shown = status.as_dict()
+        shown["attribution"] = (status.details or {}).get("attribution")
+        return json_response(shown)
 
     async def _counted(self, request: web.Request, channel: leads.Channel) -> web.Response:
         try:
@@ -122,7 +124,7 @@ class Intake:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
 
-    def _authorise(self, request: web.Request) -> None:
+    def authorise(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         # aiohttp decodes header bytes with surrogateescape; this gives the same bytes back.
         given = token.strip().encode("utf-8", "surrogateescape")
@@ -135,7 +137,7 @@ class Intake:
         if channel == "browser":
             origin_named = self._admit(request)
         else:
-            self._authorise(request)
+            self.authorise(request)
             origin_named = False
         if self.draining:
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)

@@ -1,0 +1,286 @@
+"""HTTP handlers of the back office: deals 2.0, lead comments, and Calltouch's own 1.0 paths.
+
+Each post is read (one item, an array, or an NDJSON stream: :mod:`.uploads`), validated by its
+kind's module, and committed before the answer, as a lead is. Deals and 1.0 orders go into
+chains, one per order number, so that their calls reach Calltouch in the order they were posted;
+a comment, or a deal that names a lead, waits for that lead to be delivered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import zoneinfo
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.errors import BadRequest, FieldError, Invalid
+from gateway.intake.handlers import json_response
+from gateway.intake.uploads import Item, open_upload
+from gateway.kinds import comment as comments
+from gateway.kinds import deal as deals
+from gateway.kinds import lead as leads
+from gateway.kinds import order1
+from gateway.ops.metrics import Metrics
+from gateway.queue import DEFAULT_SITE, PENDING, Put, PutResult, Queue, QueueError, State, Status
+from gateway.queue.base import Link
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Items committed together: one transaction (one fsync) for this many of a bulk upload.
+CHUNK = 500
+# A JSON array is decoded whole: larger uploads go as NDJSON, which is read as a stream.
+MAX_JSON = 8 << 20
+MAX_LISTED_ERRORS = 100
+_WAITING = (*PENDING, State.HELD)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a many-item post did, for its answer."""
+
+    accepted: int = 0
+    merged: int = 0
+    rejected: int = 0
+    errors: list[dict[str, object]] = field(default_factory=list)
+
+    def reject(self, item: Item, errors: list[FieldError]) -> None:
+        self.rejected += 1
+        kind, number = item.position
+        for error in errors:
+            if len(self.errors) < MAX_LISTED_ERRORS:
+                self.errors.append({kind: number, **error.as_dict()})
+
+    def count(self, result: PutResult) -> None:
+        if result.created:
+            self.accepted += 1
+        else:
+            self.merged += 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {"accepted": self.accepted, "merged": self.merged, "rejected": self.rejected,
+                "errors": self.errors}
+
+
+@dataclass(slots=True)
+class BackOffice:
+    settings: Settings
+    queue: Queue
+    metrics: Metrics
+    authorise: Callable[[web.Request], None]
+    is_draining: Callable[[], bool]
+    site: str = DEFAULT_SITE
+    _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
+    _fallback: deals.Fallback = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
+        s = self.settings
+        self._fallback = deals.Fallback(s.deal_source, s.deal_medium, s.deal_campaign)
+
+    # -- deals 2.0 ------------------------------------------------------------------------
+
+    async def post_deals(self, request: web.Request) -> web.Response:
+        self._admit(request, self.settings.access_token, "CTGW_ACCESS_TOKEN")
+        return await self._upload(request, deals.KIND_CREATE, self._deal_link, self._append)
+
+    async def _deal_link(self, data: dict[str, Any]) -> Link:
+        deal = deals.validate(data, self._tz, self._fallback)
+        after = None if deal.lead is None else await self._lead_job(deal.lead)
+        payload = deals.payload(deal)
+        return Link(
+            deal.order_number,
+            Put(deals.KIND_CREATE, payload, deal.order_number, self.site, after=after),
+            Put(deals.KIND_UPDATE, payload, None, self.site),
+            merge=deals.merge, follow=deals.follow,
+        )
+
+    async def get_deal(self, request: web.Request) -> web.Response:
+        self.authorise(request)
+        number = request.match_info["order_number"]
+        chain = await self._read(self.queue.chain(self.site, number))
+        if not chain:
+            raise BadRequest("not_found", "no deal with this orderNumber", status=404)
+        return json_response(deal_status(number, chain))
+
+    # -- comments -------------------------------------------------------------------------
+
+    async def post_comments(self, request: web.Request) -> web.Response:
+        self._admit(request, self.settings.access_token, "CTGW_ACCESS_TOKEN")
+        return await self._upload(request, comments.KIND, self._comment_put, self._put)
+
+    async def _comment_put(self, data: dict[str, Any]) -> Put:
+        comment = comments.validate(data)
+        after = None if comment.lead is None else await self._lead_job(comment.lead)
+        return Put(comments.KIND, comments.payload(comment), comments.dedup_key(comment),
+                   self.site, after=after)
+
+    async def get_comment(self, request: web.Request) -> web.Response:
+        self.authorise(request)
+        status = await self._read(self.queue.status(request.match_info["id"]))
+        if status is None or status.kind != comments.KIND or status.site != self.site:
+            raise BadRequest("not_found", "no comment with this id", status=404)
+        return json_response(status.as_dict())
+
+    # -- deals 1.0, on Calltouch's own paths ----------------------------------------------
+
+    async def legacy(self, request: web.Request) -> web.Response:
+        """``orders/register/``, ``update-by-id/``, ``delete-by-id/``: one call each, queued
+        in order per deal. The caller's ``clientApiId`` is the credential, checked here and
+        never kept: the sender adds the configured one."""
+        op = order1.op_for_path(request.path)
+        if op is None:
+            raise web.HTTPNotFound
+        params = dict(request.query)
+        if request.method == "POST":
+            body = await request.read()
+            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        self._check_client_api_id(params.pop(order1.API_ID, ""))
+        self._check_draining()
+        try:
+            order = order1.validate(op, params, self._tz)
+        except Invalid as exc:
+            self._received(order1.KIND, "invalid")
+            raise exc from None
+        put = Put(order1.KIND, order1.payload(order), None, self.site)
+        [result] = await self._append([Link(order1.chain(order), put, put)])
+        self._received(order1.KIND, "accepted")
+        return json_response({"id": result.status.id, "status": result.status.public_status},
+                             202)
+
+    def _check_client_api_id(self, given: str) -> None:
+        expected = self.settings.client_api_id
+        if expected is None:
+            raise BadRequest("not_configured", "deals 1.0 are off: CTGW_CLIENT_API_ID is not"
+                             " set", status=503)
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
+            raise web.HTTPUnauthorized
+
+    # -- what the routes share ------------------------------------------------------------
+
+    def _admit(self, request: web.Request, credential: str | None, variable: str) -> None:
+        self.authorise(request)
+        if credential is None:
+            raise BadRequest("not_configured", f"the back office is off: {variable} is not set",
+                             status=503)
+        self._check_draining()
+
+    def _check_draining(self) -> None:
+        if self.is_draining():
+            raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
+
+    async def _upload(
+        self, request: web.Request, kind: str,
+        make: Callable[[dict[str, Any]], Awaitable[Any]],
+        commit: Callable[[list[Any]], Awaitable[list[PutResult]]],
+    ) -> web.Response:
+        upload = await open_upload(request, min(self.settings.max_upload, MAX_JSON),
+                                   self.settings.max_upload, idle=self.settings.body_timeout)
+        if upload.single:
+            return await self._one(upload, kind, make, commit)
+        tally = Tally()
+        async for chunk in _chunks(upload, CHUNK):
+            made = []
+            for item in chunk:
+                thing = await self._made(item, make, tally)
+                if thing is not None:
+                    made.append(thing)
+            for result in await commit(made) if made else []:
+                tally.count(result)
+        self._received(kind, "accepted", tally.accepted + tally.merged)
+        self._received(kind, "invalid", tally.rejected)
+        return json_response(tally.as_dict(), 202)
+
+    async def _one(
+        self, upload: Any, kind: str, make: Callable[[dict[str, Any]], Awaitable[Any]],
+        commit: Callable[[list[Any]], Awaitable[list[PutResult]]],
+    ) -> web.Response:
+        async for item in upload:
+            try:
+                thing = await make(item.value)
+            except Invalid:
+                self._received(kind, "invalid")
+                raise
+            [result] = await commit([thing])
+            self._received(kind, "accepted")
+            return json_response(
+                {"id": result.status.id, "status": result.status.public_status}, 202
+            )
+        raise BadRequest("empty_body", "the body holds no item", 400)
+
+    async def _made(
+        self, item: Item, make: Callable[[dict[str, Any]], Awaitable[Any]], tally: Tally
+    ) -> Any:
+        if item.value is None:
+            tally.reject(item, [item.error] if item.error else [])
+            return None
+        try:
+            return await make(item.value)
+        except Invalid as exc:
+            tally.reject(item, exc.errors)
+            return None
+
+    async def _append(self, links: list[Link]) -> list[PutResult]:
+        return await self._write(self.queue.append_many(links, time.time()))
+
+    async def _put(self, puts: list[Put]) -> list[PutResult]:
+        now = time.time()
+        return [await self._write(self.queue.put(put, now)) for put in puts]
+
+    async def _lead_job(self, ref: str) -> str:
+        """The job id of the lead ``ref`` names (its id, or its requestNumber) on this site."""
+        status = await self._read(self.queue.status(ref))
+        if status is None or status.kind != leads.KIND or status.site != self.site:
+            status = await self._read(self.queue.find(self.site, leads.KIND, ref))
+        if status is None:
+            raise Invalid([FieldError("lead", "unknown_lead",
+                                      "names no lead sent through this gateway")], "invalid_item")
+        return str(status.id)
+
+    async def _write(self, pending: Awaitable[T]) -> T:
+        try:
+            return await pending
+        except (QueueError, ConnectionError):
+            log.exception("queue unavailable: the post was refused, not lost")
+            raise BadRequest("queue_unavailable", "cannot store it now; retry", 503) from None
+
+    async def _read(self, pending: Awaitable[T]) -> T:
+        return await self._write(pending)
+
+    def _received(self, kind: str, outcome: str, count: int = 1) -> None:
+        if count:
+            self.metrics.jobs_received.labels(kind, outcome).inc(count)
+
+
+async def _chunks(upload: Any, size: int) -> AsyncIterator[list[Item]]:
+    chunk: list[Item] = []
+    async for item in upload:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def deal_status(number: str, chain: list[Status]) -> dict[str, object]:
+    """A deal as ``GET /api/v1/deals/{orderNumber}`` shows it: its first call not yet
+    delivered (or its last), and no personal data."""
+    current = next((s for s in chain if s.state != State.DELIVERED), chain[-1])
+    created = chain[0]
+    return {
+        "orderNumber": number,
+        "status": current.public_status,
+        "calltouchOrderId": created.upstream_id,
+        "attempts": current.attempts,
+        "last_error": current.last_error,
+        "pending_update": any(s.kind == deals.KIND_UPDATE and s.state in _WAITING
+                              for s in chain),
+    }
