@@ -1,13 +1,18 @@
-"""A Calltouch simulator: the register endpoint as documented, its limit, and fault knobs.
+"""A Calltouch simulator: its methods as documented, their shared limit, and fault knobs.
 
 * ``…/requests/{site_id}/register/`` (GET or POST form): the documented success JSON; HTTP 200
-  with the documented error text when no parameter is given; 429 when a client IP has had 5
-  requests executed within the last second (as Calltouch counts: executed ones only).
+  with the documented error text when no parameter is given. The deal, comment and 1.0 methods
+  are :mod:`gateway.sandbox.backoffice`'s. Every method answers 429 when a client IP has had 5
+  requests executed within the last second, whatever their methods (as Calltouch counts:
+  executed ones only); latency and faults apply to every method alike.
 * ``GET /sandbox/requests`` — everything received: ``at`` (monotonic seconds, for window
-  counts), ``time`` (the same moment as UTC wall time), status, form;
-  ``GET /sandbox/stats`` — counts and the most arrivals seen in any sliding 1 s window;
-  ``POST /sandbox/config`` — ``{"latency": [lo, hi], "fault": "503"|"hang"|"429"|"error200"|
-  null, "fault_rate": 0..1}``; ``POST /sandbox/reset``.
+  counts), ``time`` (the same moment as UTC wall time), status, ``method``, ``items``, ``site``,
+  ``form`` (``{}`` for a JSON call; never a token) and ``json`` (the JSON posted, else null);
+  ``GET /sandbox/stats`` — counts by status and by method, and the most arrivals seen in any
+  sliding 1 s window; ``POST /sandbox/config`` — ``{"latency": [lo, hi], "fault": "503"|"hang"|
+  "429"|"error200"|null, "fault_rate": 0..1, "access_token": str|null, "client_api_id":
+  str|null}`` (a token set is the only one accepted; null: any non-empty one);
+  ``POST /sandbox/reset`` — forgets what was received and applied, keeps the configuration.
 
 It runs as its own process (``python -m gateway.sandbox``) or on a thread with its own event
 loop (``ct-gateway serve --sandbox``). Either way a request is dated by the kernel's stamp of
@@ -23,6 +28,7 @@ import signal
 import threading
 import time
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +37,8 @@ import orjson
 from aiohttp import web
 
 from gateway.intake.listener import bound_address
-from gateway.sandbox import arrivals
+from gateway.sandbox import arrivals, backoffice
+from gateway.sandbox.backoffice import OFFICE, SESSION, BackOffice, Endpoint, Received
 
 REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
 NO_PARAMS = "Не возможно создать заявку - не указано ни одного входного параметра"
@@ -45,6 +52,10 @@ class Arrival:
     ip: str
     status: int
     form: dict[str, str]
+    method: str = "register"
+    items: int = 1
+    body: Any = None
+    site: str = ""
 
 
 @dataclass
@@ -89,11 +100,13 @@ def _success(state: SandboxState, form: dict[str, str]) -> dict[str, Any]:
     state.next_id += 1
     now = time.time()
     phone = "".join(ch for ch in form.get("phoneNumber", "") if ch.isdigit())
+    session = form.get("sessionId", "").strip()
     return {
         "date": int(now * 1000),
         "requestType": "CLIENT_ORDER",
         "dateStr": time.strftime("%d/%m/%Y %H:%M:%S", time.localtime(now)),
-        "session": {"sessionId": int(form["sessionId"])} if form.get("sessionId") else None,
+        "session": {"sessionId": int(session) if session.isdigit() else session, **SESSION}
+        if session else None,
         "subject": form.get("subject", ""),
         "requestNumber": form.get("requestNumber", str(state.next_id)),
         "requestId": state.next_id,
@@ -103,13 +116,43 @@ def _success(state: SandboxState, form: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def register(request: web.Request) -> web.StreamResponse:
-    arrived = _arrival(request)
-    state = request.app[STATE]
+async def _read_form(request: web.Request) -> Received:
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     form.update(request.query)
+    return Received(form=form, site=request.match_info["site_id"])
+
+
+def _register(request: web.Request, received: Received) -> web.Response:
+    if not received.form:
+        return _no_params()
+    answer = _success(request.app[STATE], received.form)
+    request.app[OFFICE].add_lead(answer["requestId"], answer["requestNumber"], received.form,
+                                 answer["session"])
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+def _no_params() -> web.Response:
+    return web.Response(text=NO_PARAMS, content_type="text/plain")
+
+
+LEAD_REGISTER = Endpoint("register", (REGISTER,), ("*",), _read_form, _register, _no_params)
+
+
+def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _serve_call(request, endpoint)
+    return handle
+
+
+async def _serve_call(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    """Every method alike: one window per client IP, the latency knob, the faults, the log."""
+    arrived = _arrival(request)
+    state = request.app[STATE]
+    received = await endpoint.receive(request)
     status = _decide(state, request.remote or "?", arrived)
-    state.arrivals.append(Arrival(arrived, request.remote or "?", status, form))
+    row = Arrival(arrived, request.remote or "?", status, received.form, endpoint.method,
+                  received.items, received.body, received.site)
+    state.arrivals.append(row)
     lo, hi = state.latency
     await asyncio.sleep(random.uniform(lo, hi))
     if status == 599:  # a hang: answer nothing until the client gives up
@@ -118,9 +161,10 @@ async def register(request: web.Request) -> web.StreamResponse:
         return web.json_response({"message": "Too Many Requests"}, status=429)
     if status != 200:
         return web.Response(status=status, text="Service Unavailable")
-    if not form or (state.fault == "error200" and _faulty(state)):
-        return web.Response(text=NO_PARAMS, content_type="text/plain")
-    return web.Response(body=orjson.dumps(_success(state, form)), content_type="application/json")
+    faulty = state.fault == "error200" and _faulty(state)
+    response = endpoint.error200() if faulty else endpoint.answer(request, received)
+    row.status = response.status  # what was answered: a 401 or a 400 is executed too
+    return response
 
 
 def _arrival(request: web.Request) -> float:
@@ -144,7 +188,8 @@ async def requests_log(request: web.Request) -> web.Response:
     arrivals = request.app[STATE].arrivals
     to_wall = time.time() - time.monotonic()  # "at" is monotonic, for the window counts
     rows = [{"at": a.at, "time": _iso(a.at + to_wall), "ip": a.ip, "status": a.status,
-             "form": a.form} for a in arrivals]
+             "method": a.method, "items": a.items, "site": a.site, "form": a.form,
+             "json": a.body} for a in arrivals]
     return web.Response(body=orjson.dumps(rows), content_type="application/json")
 
 
@@ -155,9 +200,11 @@ def _iso(wall: float) -> str:
 async def stats(request: web.Request) -> web.Response:
     arrivals = request.app[STATE].arrivals
     counts: dict[str, int] = {}
+    methods: dict[str, int] = {}
     for a in arrivals:
         counts[str(a.status)] = counts.get(str(a.status), 0) + 1
-    body = {"received": len(arrivals), "by_status": counts,
+        methods[a.method] = methods.get(a.method, 0) + 1
+    body = {"received": len(arrivals), "by_status": counts, "by_method": methods,
             "max_in_window": max_in_window([a.at for a in arrivals])}
     return web.json_response(body)
 
@@ -165,6 +212,10 @@ async def stats(request: web.Request) -> web.Response:
 async def configure(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await request.json(loads=orjson.loads)
+    try:
+        request.app[OFFICE].configure(data)
+    except ValueError as error:
+        raise web.HTTPBadRequest(text=str(error)) from None
     if "latency" in data:
         lo, hi = (float(x) for x in data["latency"])
         state.latency = (lo, max(lo, hi))
@@ -180,13 +231,20 @@ async def reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.arrivals.clear()
     state.executed.clear()
+    request.app[OFFICE].clear()
     return web.json_response({"ok": True})
 
 
 def create_sandbox(latency: tuple[float, float] = (0.0, 0.0)) -> web.Application:
     app = web.Application()
     app[STATE] = SandboxState(latency=latency)
-    app.router.add_route("*", REGISTER, register)
+    app[OFFICE] = BackOffice()
+    for endpoint in (LEAD_REGISTER, *backoffice.ENDPOINTS):
+        for path in endpoint.paths:
+            for verb in endpoint.verbs:
+                app.router.add_route(verb, path, _handler(endpoint))
+    for path, view in backoffice.VIEWS:
+        app.router.add_get(path, view)
     app.router.add_get("/sandbox/requests", requests_log)
     app.router.add_get("/sandbox/stats", stats)
     app.router.add_post("/sandbox/config", configure)
