@@ -1,4 +1,5 @@
-"""The ``ct-gateway`` command: ``serve``, ``queue stats``, ``dead list``, ``dead replay``.
+"""The ``ct-gateway`` command: ``serve``, ``queue stats``, ``dead list``, ``dead replay``,
+``spam``, and ``deals import`` (a client of the gateway's own API).
 
 ``serve`` takes every setting; the store commands take only ``CTGW_QUEUE`` and
 ``CTGW_LOG_LEVEL``, so an operator can inspect a queue with no Calltouch account at hand.
@@ -34,7 +35,7 @@ _GC_YOUNG = 20_000
 _DESCRIPTION = (
     "A durable, rate-limited gateway from website forms to the Calltouch API. "
     "'serve' runs it; 'queue stats', 'dead list', 'dead replay', 'spam list' and "
-    "'spam release' look after its queue."
+    "'spam release' look after its queue; 'deals import' posts an NDJSON file of deals."
 )
 _SERVE_EPILOG = """\
 All configuration is from the environment (every variable is in README.md); the main ones:
@@ -45,6 +46,8 @@ All configuration is from the environment (every variable is in README.md); the 
   CTGW_OPS_LISTEN   ops listener: /metrics, /healthz, /readyz (default 127.0.0.1:9464)
   CTGW_RATE         upstream requests per second (default 5, Calltouch's limit per IP)
   CTGW_API_TOKENS   comma-separated bearer tokens for /api/v1/...
+  CTGW_ACCESS_TOKEN Calltouch lead-service token: turns on deals 2.0 and comments
+  CTGW_CLIENT_API_ID Calltouch clientApiId: turns on the deals 1.0 paths
   CTGW_LOG_LEVEL    DEBUG, INFO, WARNING or ERROR (default INFO)
 A wrong value stops it with exit code 2 and one line naming the variable."""
 _STORE_EPILOG = (

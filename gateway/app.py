@@ -189,7 +189,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     fleet = await _open_fleet_pace(settings)
-    pacer = fleet if fleet is not None else Pacer(settings.rate)
+    pacer = fleet if fleet is not None else Pacer(settings.rate, started_full=True)
     metrics.rate_limit.set_function(lambda: pacer.current)
     metrics.rate_limit_max.set(settings.rate)
     client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)

@@ -95,3 +95,12 @@ def test_backoff_grows_with_jitter_and_a_cap() -> None:
     assert backoff(1, rand=0.0) == 2.0 and backoff(1, rand=0.999) < 4.0
     assert backoff(3, rand=0.0) == 8.0
     assert backoff(50, rand=0.999) <= 600.0
+
+
+async def test_a_pacer_started_full_waits_a_window_before_its_first_grant() -> None:
+    """After a restart the process before may have sent a full window just now."""
+    clock = FakeClock()
+    pacer = Pacer(5, margin=0.0, clock=clock, sleep=clock.sleep, started_full=True)
+    started = clock()
+    await pacer.acquire()
+    assert clock() - started == pytest.approx(1.0)

@@ -66,6 +66,7 @@ class Pacer:
         recovery: float = 0.5,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        started_full: bool = False,
     ) -> None:
         self.limit = rate
         self.current = rate
@@ -79,6 +80,13 @@ class Pacer:
         self._turns = Turns()
         self._paused_until = -math.inf
         self._last_grant = -math.inf
+        if started_full:
+            # A new process cannot know what the one before it sent in its last second (a
+            # crash, a restart): it starts as if a full window had just been written.
+            for _ in range(self.count):
+                slot = Slot(self)
+                slot.written(self._clock())
+                self._slots.append(slot)
 
     async def admit(self, kind: str) -> Slot:
         return await self.acquire(urgency(kind))

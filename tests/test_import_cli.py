@@ -1,0 +1,84 @@
+"""``ct-gateway deals import``: a real CLI process posting a file to a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+
+from gateway.config import Settings
+from gateway.queue import State, open_queue
+from tests.conftest import TOKEN
+from tests.support import Gateway
+from tests.test_cli import cli
+
+DEALS = 2_500  # three requests of 1,000 lines, the last one short
+
+
+def deal(n: int) -> dict[str, object]:
+    return {"orderNumber": f"erp-{n}", "status": "new", "statusDate": "01-02-2026 10:00:00",
+            "revenue": 100 + n, "phones": [f"7900{n:07d}"]}
+
+
+def write_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+async def held_jobs(settings: Settings) -> int:
+    queue = await open_queue(settings.queue_url)
+    try:
+        stats = await queue.stats()
+        return sum(stats.counts[s] for s in State if s not in (State.SPAM,))
+    finally:
+        await queue.close()
+
+
+async def test_an_import_queues_every_deal_once_and_again_adds_nothing(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings, tmp_path: Path,
+) -> None:
+    # The sandbox gets none of it: the point is the intake, not the relay.
+    quiet = dataclasses.replace(settings, access_token="sandbox-token", batch_linger=60.0,
+                                calltouch_url="http://127.0.0.1:9")
+    gw = await start_gateway(quiet)
+    lines = [orjson.dumps(deal(n)).decode() for n in range(DEALS)]
+    file = write_file(tmp_path / "deals.ndjson", lines)
+
+    def run() -> str:
+        done = cli("deals", "import", str(file), "--url", gw.url, "--ops-url", gw.ops_url,
+                   cwd=tmp_path, CTGW_IMPORT_TOKEN=TOKEN)
+        assert done.returncode == 0, done
+        return done.stdout
+
+    first = await asyncio.to_thread(run)
+    assert f"sent {DEALS}/{DEALS}, accepted {DEALS}, merged 0, rejected 0" in first, first
+    assert await held_jobs(quiet) == DEALS
+    again = await asyncio.to_thread(run)
+    assert f"accepted 0, merged {DEALS}, rejected 0" in again, again
+    assert await held_jobs(quiet) == DEALS  # nothing new queued
+
+
+async def test_an_import_lists_the_bad_lines_by_their_line_in_the_file(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings, tmp_path: Path,
+) -> None:
+    gw = await start_gateway(dataclasses.replace(settings, access_token="sandbox-token"))
+    lines = [orjson.dumps(deal(n)).decode() for n in range(1500)]
+    lines[1200] = '{"orderNumber": ""}'
+    lines[3] = "not json"
+    file = write_file(tmp_path / "deals.ndjson", lines)
+    done = await asyncio.to_thread(
+        cli, "deals", "import", str(file), "--url", gw.url, cwd=tmp_path,
+        CTGW_IMPORT_TOKEN=TOKEN,
+    )
+    assert done.returncode == 1, done  # something was rejected
+    assert "line 4: None: " in done.stdout and "line 1201: orderNumber: " in done.stdout
+    assert "accepted 1498, merged 0, rejected 2" in done.stdout
+
+
+def test_an_import_without_a_token_names_the_variable(tmp_path: Path) -> None:
+    file = write_file(tmp_path / "deals.ndjson", ["{}"])
+    done = cli("deals", "import", str(file), cwd=tmp_path)
+    assert done.returncode == 2 and "CTGW_IMPORT_TOKEN" in done.stderr, done
