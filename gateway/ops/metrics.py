@@ -112,6 +112,10 @@ class Metrics:
             "ctgw_lead_delivery_seconds", "Time from acceptance to delivery.",
             buckets=_DELIVERY, registry=r,
         )
+        self.upstream_healthy = Gauge(
+            "ctgw_upstream_healthy", "1 while Calltouch answers; 0 while it is down and only"
+            " one probe call at a time goes.", ["site"], registry=r,
+        )
         self.rate_limit = Gauge(
             "ctgw_upstream_rate_limit", "The pacer's current requests per second.", registry=r
         )

@@ -182,6 +182,10 @@ class Queue(Protocol):
     async def convert(self, job: Job, kind: str, now: float) -> bool:
         """Make a leased job one of ``kind``, visible at once, no attempt counted."""
 
+    async def hasten(self, now: float) -> int:
+        """Make every delayed job due at ``now`` (the upstream they waited for is back); how
+        many."""
+
     async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
         """How many jobs of ``kind`` are visible (up to ``limit``), and since when the oldest
         of them has been: a batch sender waits for a full call or its linger."""

@@ -148,6 +148,11 @@ class PostgresQueue(Settling):
         self._wake(kind)
         return done
 
+    async def hasten(self, now: float) -> int:
+        hastened = await self._run(lambda conn: links.hasten(conn, now))
+        self._listener.wake()
+        return hastened
+
     async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
         return await self._run(lambda conn: links.backlog(conn, kind, now, limit))
 

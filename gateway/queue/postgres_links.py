@@ -140,6 +140,13 @@ async def convert(conn: Conn, job: Job, kind: str, now: float) -> bool:
     return await conn.execute(_CONVERT, job.id, job.lease, kind, now) == "UPDATE 1"
 
 
+async def hasten(conn: Conn, now: float) -> int:
+    tag = await conn.execute(
+        "UPDATE jobs SET visible_at = $1 WHERE state = 'delayed' AND visible_at > $1", now
+    )
+    return int(tag.rsplit(" ", 1)[-1])
+
+
 async def backlog(conn: Conn, kind: str, now: float, limit: int) -> tuple[int, float | None]:
     [row] = await conn.fetch(_BACKLOG, kind, now, limit)
     return int(row[0]), None if row[1] is None else float(row[1])

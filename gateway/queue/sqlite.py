@@ -153,6 +153,12 @@ class SQLiteQueue(Settling):
         self._wake(kind)
         return done
 
+    async def hasten(self, now: float) -> int:
+        hastened = await self._tx(lambda conn: links.hasten(conn, now))
+        for kind in list(self._work):
+            self._wake(kind)
+        return hastened
+
     async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
         return await self._read(lambda conn: links.backlog(conn, kind, now, limit))
 

@@ -115,6 +115,12 @@ def convert(conn: sqlite3.Connection, job: Job, kind: str, now: float) -> bool:
     return conn.execute(_CONVERT, (kind, now, job.id, job.lease)).rowcount == 1
 
 
+def hasten(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute(
+        "UPDATE jobs SET visible_at = ? WHERE state = 'delayed' AND visible_at > ?", (now, now)
+    ).rowcount
+
+
 def backlog(
     conn: sqlite3.Connection, kind: str, now: float, limit: int
 ) -> tuple[int, float | None]:

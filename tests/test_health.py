@@ -1,0 +1,148 @@
+"""The upstream health gate: its states on a fake clock, then a real outage of the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from gateway.calltouch.answers import Permanent, Retry
+from gateway.calltouch.client import Reply
+from gateway.config import Settings
+from gateway.relay.health import Health
+from gateway.sandbox.server import SandboxThread
+from tests.support import (
+    Gateway,
+    eventually,
+    lead,
+    post_lead,
+    sandbox_config,
+    sandbox_requests,
+)
+
+DOWN = Reply(503, b"", Retry("server_error", "HTTP 503"))
+UP = Reply(200, b"{}", None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def health(clock: Clock, recovered: list[int] | None = None) -> Health:
+    hits = recovered if recovered is not None else []
+    return Health(threshold=3, first_probe=1.0, max_probe=8.0, clock=clock,
+                  on_recovered=lambda: hits.append(1))
+
+
+async def test_three_outage_failures_take_it_down_and_a_429_or_a_4xx_does_not() -> None:
+    clock = Clock()
+    gate = health(clock)
+    for reply in (DOWN, DOWN, Reply(429, b"", Retry("rate_limited", "HTTP 429")), DOWN):
+        (await gate.admit("lead")).answered(reply)
+    assert gate.healthy  # the 429 broke the run of failures
+    (await gate.admit("lead")).answered(Reply(400, b"", Permanent("client_error", "x")))
+    for _ in range(3):
+        (await gate.admit("lead")).answered(DOWN)
+    assert not gate.healthy
+
+
+async def test_while_down_one_probe_at_a_time_at_a_growing_interval_up_to_the_cap() -> None:
+    clock = Clock()
+    gate = health(clock)
+    for _ in range(3):
+        (await gate.admit("lead")).answered(DOWN)
+    waiting = asyncio.create_task(gate.admit("lead"))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the first probe is a second away
+    intervals = []
+    for _ in range(6):
+        started = clock.now
+        while not waiting.done():
+            clock.now += 0.25
+            gate._changed.set()  # the fake clock moved: look again
+            for _ in range(10):  # the waiter's own turns of the loop
+                await asyncio.sleep(0)
+        probe = await waiting
+        assert probe.probe
+        other = asyncio.create_task(gate.admit("deal.create"))
+        await asyncio.sleep(0)
+        assert not other.done()  # one probe in flight: everyone else waits
+        intervals.append(clock.now - started)
+        probe.answered(DOWN)
+        waiting = other
+    waiting.cancel()
+    assert intervals == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0, 8.0], abs=0.01)
+
+
+async def test_a_probe_that_succeeds_lets_everyone_through_and_hastens_the_queue() -> None:
+    clock, recovered = Clock(), []
+    gate = health(clock, recovered)
+    for _ in range(3):
+        (await gate.admit("lead")).answered(DOWN)
+    clock.now += 1.0
+    probe = await gate.admit("lead")
+    blocked = [asyncio.create_task(gate.admit("lead")) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert not any(task.done() for task in blocked)
+    probe.answered(UP)
+    tickets = await asyncio.wait_for(asyncio.gather(*blocked), 1)
+    assert gate.healthy and recovered == [1] and not any(t.probe for t in tickets)
+
+
+async def test_a_probe_never_answered_frees_its_slot_after_the_deadline() -> None:
+    clock = Clock()
+    gate = Health(threshold=1, first_probe=1.0, probe_deadline=20.0, clock=clock)
+    (await gate.admit("lead")).answered(DOWN)
+    clock.now += 1.0
+    await gate.admit("lead")  # its call was never made (nothing left to lease)
+    second = asyncio.create_task(gate.admit("lead"))
+    await asyncio.sleep(0)
+    assert not second.done()
+    clock.now += 20.0
+    gate._changed.set()
+    assert (await asyncio.wait_for(second, 1)).probe
+
+
+OUTAGE = 30.0
+LEADS = 100
+RATE = 5.0
+
+
+@pytest.mark.timeout(180)
+async def test_an_outage_costs_few_calls_and_the_backlog_drains_at_full_rate_after_it(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings,
+    sandbox: SandboxThread, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
+) -> None:
+    gw = await start_gateway(dataclasses.replace(settings, upstream_timeout=2.0))
+    await sandbox_config(http, sandbox.url, fault="503", fault_rate=1.0, latency=[0.0, 0.05])
+    started = time.monotonic()
+    for n in range(LEADS):
+        status, _ = await post_lead(http, gw.url, lead(n))
+        assert status == 202
+    await asyncio.sleep(OUTAGE - (time.monotonic() - started))  # the outage itself is the test
+    await sandbox_config(http, sandbox.url, fault=None)
+    ended = time.monotonic()
+    during = len(await sandbox_requests(http, sandbox.url))
+
+    async def delivered() -> bool:
+        rows = await sandbox_requests(http, sandbox.url)
+        return len({r["form"]["requestNumber"] for r in rows if r["status"] == 200}) == LEADS
+
+    await eventually(delivered, timeout=120, interval=0.2)
+    rows = await sandbox_requests(http, sandbox.url)
+    last = max(r["at"] for r in rows if r["status"] == 200)
+    recovery = last - ended
+    ideal = LEADS / RATE
+    with capsys.disabled():
+        print(f"\n[outage] {OUTAGE:.0f}s: calls during it {during}; all {LEADS} delivered"
+              f" {recovery:.1f}s after it ended (ideal {ideal:.0f}s: {recovery / ideal:.2f}x)")
+    assert during <= 15  # 3 to find it down, then probes at 1, 2, 4, 8, 8, … seconds
+    assert recovery <= 1.2 * ideal + 8.0  # the probe interval's cap, then the pacer's rate
