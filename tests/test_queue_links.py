@@ -558,3 +558,17 @@ async def test_two_gateways_appending_to_two_chains_in_opposite_orders(postgres_
     finally:
         await one.close()
         await two.close()
+
+
+async def test_hasten_makes_every_delayed_job_due_now_and_nothing_else(queue: Queue) -> None:
+    for n in range(3):
+        await put(queue, now=T0 + n)
+    later = await put(queue, now=T0 + 100)  # queued for later: not a delayed one
+    jobs = await queue.lease("lead", 3, T0 + 5, 30)
+    for job, at in zip(jobs, (T0 + 500, T0 + 900, T0 + 6), strict=True):
+        assert await queue.retry(job, at, "HTTP 503", T0 + 5)
+    assert await queue.hasten(T0 + 10) == 2  # the one due at T0 + 6 was already due
+    due = await queue.lease("lead", 10, T0 + 10, 30)
+    assert sorted(j.id for j in due) == sorted(j.id for j in jobs)
+    assert all(j.attempts == 1 for j in due)  # no attempt spent by hastening
+    assert (await queue.status(later.status.id)).state == State.READY  # type: ignore[union-attr]
