@@ -55,6 +55,8 @@ EXPECTED_ALERTS = {
     "CtGatewayDeadLettersGrowing",
     "CtGatewayUpstreamErrors",
     "CtGatewayUpstreamRateLimited",
+    "BackOfficeDeadLetters",
+    "CalltouchCredentialsRefused",
 }
 # Grafana's built-in interval variables, and what stands in for them when checking PromQL.
 GRAFANA_INTERVALS = {"__rate_interval", "__interval", "__range"}
@@ -289,6 +291,139 @@ def test_deploy_files_use_only_metrics_the_gateway_exposes() -> None:
     assert "ctgw_queue_oldest_age_seconds" in used  # from alerts.yml
     missing = used - exposed_metric_names()
     assert not missing, f"not exposed by gateway.metrics: {sorted(missing)}"
+
+
+# --- back office: deals, comments, deals 1.0 --------------------------------------------
+
+BACK_OFFICE_METRICS = (
+    "ctgw_jobs_received_total",
+    "ctgw_jobs_delivered_total",
+    "ctgw_jobs_dead_total",
+    "ctgw_job_delivery_seconds_bucket",
+    "ctgw_upstream_auth_failures_total",
+)
+# Every label a query, legend or annotation of deploy/ may name: bounded values, none personal.
+BOUNDED_LABELS = frozenset({
+    "job", "instance", "le", "version", "channel", "outcome", "code", "signal", "reason",
+    "state", "route", "status", "method", "kind",
+})
+
+
+def row_panels(title: str) -> list[dict[str, Any]]:
+    """The panels under the (open) row ``title``: those after it, up to the next row."""
+    panels = load_dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title)
+    found = []
+    for panel in panels[start + 1:]:
+        if panel["type"] == "row":
+            break
+        found.append(panel)
+    return found
+
+
+def alert_rules() -> dict[str, dict[str, Any]]:
+    yaml = pytest.importorskip("yaml")
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
+
+
+def test_back_office_metrics_are_used_and_exposed() -> None:
+    used, exposed = used_metric_names(), exposed_metric_names()
+    for name in BACK_OFFICE_METRICS:
+        assert name in used, name
+        assert name in exposed, name
+
+
+def test_dashboard_has_a_kind_variable() -> None:
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    kind = variables["kind"]
+    assert kind["type"] == "query"
+    assert kind["definition"] == "label_values(ctgw_jobs_received_total, kind)"
+    assert kind["query"]["query"] == kind["definition"]
+    assert kind["multi"] is True and kind["includeAll"] is True
+    assert kind["allValue"] == ".*"  # All also shows kinds no job was received of yet
+    assert kind["datasource"]["uid"] == DATASOURCE_UID
+
+
+def test_dashboard_has_a_back_office_row() -> None:
+    panels = row_panels("Back office")
+    exprs = {p["title"]: "\n".join(t["expr"] for t in p["targets"]) for p in panels}
+    everything = "\n".join(exprs.values())
+    assert "sum by (kind, outcome) (rate(ctgw_jobs_received_total{" in everything
+    assert "sum by (kind) (rate(ctgw_jobs_delivered_total{" in everything
+    assert "sum by (kind, reason) (increase(ctgw_jobs_dead_total{" in everything
+    for q in ("0.5", "0.99"):
+        assert (f"histogram_quantile({q}, sum by (kind, le) "
+                "(rate(ctgw_job_delivery_seconds_bucket{") in everything, q
+    assert "sum by (method) (increase(ctgw_upstream_auth_failures_total{" in everything
+    assert 'ctgw_queue_jobs{instance=~"$instance", state="held"}' in everything
+    for title, expr in exprs.items():
+        assert 'instance=~"$instance"' in expr, title
+        for series in re.findall(r"ctgw_jobs?_\w+\{[^}]*\}", expr):  # every by-kind series
+            assert 'kind=~"$kind"' in series, f"{title}: {series}"
+    # Calls to Calltouch by method and outcome: the Upstream row's panel, every method.
+    upstream = next(p for p in graph_panels() if p["title"] == "Upstream outcomes")
+    assert upstream["targets"][0]["expr"].startswith(
+        "sum by (method, outcome) (rate(ctgw_upstream_requests_total{")
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in all_panels(load_dashboard()["panels"]):
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]
+
+
+def test_dashboard_queue_states_are_the_queues() -> None:
+    from gateway.queue.base import State
+
+    exprs = "\n".join(dashboard_exprs().values())
+    named = {s for m in re.findall(r'state=~?"([^"]+)"', exprs) for s in m.split("|")}
+    assert "held" in named
+    assert named <= {s.value for s in State}, named - {s.value for s in State}
+
+
+def test_credentials_refused_alert() -> None:
+    rule = alert_rules()["CalltouchCredentialsRefused"]
+    assert rule["expr"].strip() == "increase(ctgw_upstream_auth_failures_total[5m]) > 0"
+    assert rule["for"] == "1m"
+    assert rule["labels"]["severity"] == "critical"
+    text = rule["annotations"]["summary"] + rule["annotations"]["runbook"]
+    for needle in ("$labels.method", "without spending attempts", "CTGW_ACCESS_TOKEN",
+                   "CTGW_CLIENT_API_ID", "restart"):
+        assert needle in text, needle
+
+
+def test_back_office_dead_letters_alert() -> None:
+    rule = alert_rules()["BackOfficeDeadLetters"]
+    assert 'increase(ctgw_jobs_dead_total{kind!="lead"}[15m]) > 0' in rule["expr"]
+    assert "for" not in rule  # a dead letter is never transient
+    assert rule["labels"]["severity"] == "warning"
+    summary, runbook = rule["annotations"]["summary"], rule["annotations"]["runbook"]
+    assert "$labels.kind" in summary and "$labels.reason" in summary
+    assert "`ct-gateway dead list --kind KIND`" in runbook
+    assert "`ct-gateway dead replay --kind KIND`" in runbook
+
+
+def test_deploy_files_name_only_bounded_labels() -> None:
+    """No query, legend or annotation groups or shows a label that could hold personal data."""
+    texts = [*alert_exprs(), *dashboard_exprs().values()]
+    named: set[str] = set()
+    for text in texts:
+        for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
+            named.update(label.strip() for label in group.split(",") if label.strip())
+        named.update(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*\"", text))
+    for panel in graph_panels():
+        for target in panel["targets"]:
+            named.update(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+    for rule in alert_rules().values():
+        for text in rule["annotations"].values():
+            named.update(re.findall(r"\$labels\.(\w+)", text))
+    assert {"kind", "method", "reason", "outcome"} <= named
+    assert named <= BOUNDED_LABELS, sorted(named - BOUNDED_LABELS)
 
 
 # --- Dockerfile, compose, systemd, nginx ------------------------------------------------

@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from tests.support import (
+    TOKEN,
     Process,
     eventually,
     lead,
@@ -37,6 +38,7 @@ from tests.support import (
     spawn_gateway,
     spawn_sandbox,
 )
+from tests.test_backoffice import ACCESS_TOKEN, WRONG_ACCESS_TOKEN, deal, post_many
 from tests.test_deploy_files import ALERTS, alert_names, dashboard_exprs, graph_panels
 from tests.test_deploy_files import substitute_variables as grafana_variables_replaced
 
@@ -191,6 +193,16 @@ async def flow(traffic: Traffic, sandbox: str, db: Path) -> None:
     await traffic.leads(3.0)
     await traffic.until("ctgw_leads_delivered_total", delivered + 3)
 
+    # The back office: a deal Calltouch takes and one without orderNumber (422 for the item);
+    # then Calltouch refuses the gateway's Access-Token, and the next deal waits.
+    tally = await post_many(traffic.http, traffic.gateway, "/api/v1/deals",
+                            [deal("live-1"), {"status": "new"}])
+    assert (tally["accepted"], tally["rejected"]) == (1, 1), tally
+    await traffic.until('ctgw_jobs_delivered_total{kind="deal.create"}')
+    await sandbox_config(traffic.http, sandbox, access_token=WRONG_ACCESS_TOKEN)
+    await post_many(traffic.http, traffic.gateway, "/api/v1/deals", [deal("live-3")])
+    await traffic.until('ctgw_upstream_auth_failures_total{method="client-order/create"}')
+
 
 # --- evaluation -------------------------------------------------------------------------
 
@@ -289,6 +301,9 @@ async def test_every_dashboard_and_alert_query_works_against_a_real_prometheus(
                 "CTGW_LISTEN": "127.0.0.1:0",
                 "CTGW_OPS_LISTEN": "127.0.0.1:0",
                 "CTGW_CLIENT_RATE": "1000/s",  # every lead here comes from 127.0.0.1
+                "CTGW_API_TOKENS": TOKEN,
+                "CTGW_ACCESS_TOKEN": ACCESS_TOKEN,
+                "CTGW_BATCH_LINGER": "200ms",
             })
             processes.append(gateway_proc)
             with prometheus(binary, workdir, ops.removeprefix("http://")) as (prom, prom_proc):

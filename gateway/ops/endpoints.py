@@ -30,7 +30,7 @@ def create_ops_app(
     async def metrics_handler(request: web.Request) -> web.StreamResponse:
         stats = await queue.stats()
         metrics.queue.jobs = {
-            s.value: stats.counts[s] for s in (*PENDING, State.DEAD, State.SPAM)
+            s.value: stats.counts[s] for s in (*PENDING, State.HELD, State.DEAD, State.SPAM)
         }
         oldest = stats.oldest_pending_at
         metrics.queue.oldest_age = 0.0 if oldest is None else max(0.0, time.time() - oldest)

@@ -158,7 +158,7 @@ class QueueCollector(Collector):
 
     def __init__(self) -> None:
         self.jobs: dict[str, int] = {
-            "ready": 0, "leased": 0, "delayed": 0, "dead": 0, "spam": 0,
+            "ready": 0, "leased": 0, "delayed": 0, "held": 0, "dead": 0, "spam": 0,
         }
         self.oldest_age = 0.0
 
