@@ -57,6 +57,7 @@ EXPECTED_ALERTS = {
     "CtGatewayUpstreamRateLimited",
     "BackOfficeDeadLetters",
     "CalltouchCredentialsRefused",
+    "CalltouchDown",
 }
 # Grafana's built-in interval variables, and what stands in for them when checking PromQL.
 GRAFANA_INTERVALS = {"__rate_interval", "__interval", "__range"}
@@ -305,7 +306,7 @@ BACK_OFFICE_METRICS = (
 # Every label a query, legend or annotation of deploy/ may name: bounded values, none personal.
 BOUNDED_LABELS = frozenset({
     "job", "instance", "le", "version", "channel", "outcome", "code", "signal", "reason",
-    "state", "route", "status", "method", "kind",
+    "state", "route", "status", "method", "kind", "site",  # site: a configured name
 })
 
 
