@@ -1,4 +1,5 @@
-"""``python -m bench {intake,relay,memory,all,flood,pg,fleet}``: run, print a summary, save JSON.
+"""``python -m bench {intake,relay,memory,all,flood,pg,fleet,deals}``: run, print a summary,
+save JSON.
 
 Progress goes to stderr, the table to stdout, the full results (every round) to
 ``bench/results/<time>-<command>.json``.
@@ -14,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, flood, intake, memory, pg, relay, report, scrape, summary
+from bench import deals, fleet, flood, intake, memory, pg, relay, report, scrape, summary
 
 # The options' own defaults are the CLI's: one place to change them.
 _INTAKE, _RELAY = intake.IntakeOptions(), relay.RelayOptions()
 _MEMORY, _FLOOD = memory.MemoryOptions(), flood.FloodOptions()
 _SCRAPE = scrape.ScrapeOptions()
 _PG, _FLEET = pg.PgOptions(), fleet.FleetOptions()
+_DEALS = deals.DealsOptions()
 
 
 def _intake_args(parser: argparse.ArgumentParser) -> None:
@@ -81,13 +83,32 @@ def _fleet_args(parser: argparse.ArgumentParser) -> None:
                        help="gateway counts, comma-separated")
 
 
+def _deals_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("deals")
+    group.add_argument("--deals", type=int, default=_DEALS.deals, help="deals to drain")
+    group.add_argument("--deal-request-lines", type=int, default=_DEALS.request_lines,
+                       help="NDJSON lines per request of the drain")
+    group.add_argument("--deal-leads", type=int, default=_DEALS.leads,
+                       help="leads before the drain, and as many during it")
+    group.add_argument("--deal-lead-interval", type=float, default=_DEALS.lead_interval,
+                       help="seconds between those leads")
+    group.add_argument("--deal-rounds", type=int, default=_DEALS.rounds,
+                       help="drain rounds (0: none)")
+    group.add_argument("--ndjson-lines", type=int, default=_DEALS.ndjson_lines,
+                       help="lines of the streamed intake upload")
+    group.add_argument("--ndjson-baseline-lines", type=int, default=_DEALS.ndjson_baseline_lines,
+                       help="lines of the upload it is compared with")
+    group.add_argument("--ndjson-rounds", type=int, default=_DEALS.ndjson_rounds,
+                       help="intake rounds (0: none)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"intake": [_intake_args], "relay": [_relay_args], "memory": [_memory_args],
                 "all": [_intake_args, _relay_args, _memory_args], "flood": [_flood_args],
-                "pg": [_pg_args], "fleet": [_fleet_args]}
+                "pg": [_pg_args], "fleet": [_fleet_args], "deals": [_deals_args]}
     for name, adders in commands.items():
         command = sub.add_parser(name)
         command.add_argument("--dir", type=Path, default=None,
@@ -116,6 +137,13 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sizes = tuple(int(size) for size in args.fleet_sizes.split(","))
         return fleet.run(fleet.FleetOptions(leads=args.fleet_leads, sizes=sizes),
                          workdir / "fleet")
+    if name == "deals":
+        return deals.run(deals.DealsOptions(
+            deals=args.deals, request_lines=args.deal_request_lines, leads=args.deal_leads,
+            lead_interval=args.deal_lead_interval, rounds=args.deal_rounds,
+            ndjson_lines=args.ndjson_lines, ndjson_baseline_lines=args.ndjson_baseline_lines,
+            ndjson_rounds=args.ndjson_rounds,
+        ), workdir / "deals")
     if name == "flood":
         return flood.run(flood.FloodOptions(
             leads=args.flood_leads, rate=args.flood_rate, connections=args.junk_connections,
@@ -144,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     results["seconds"] = timings
     rows = summary.rows(results) + (flood.rows(results["flood"]) if "flood" in results else [])
+    rows += deals.rows(results["deals"]) if "deals" in results else []
     results["summary"] = [{**row.__dict__, "verdict": row.verdict} for row in rows]
     path = report.save(args.command, results)
     print(report.table(rows))

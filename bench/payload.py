@@ -1,8 +1,9 @@
 # ruff: noqa: RUF001 -- the leads are Russian, as real ones are.
-"""Realistic leads: what the snippet posts, and what the intake stores for it.
+"""Realistic leads: what the snippet posts, and what the intake stores for it; and deals.
 
 A lead is numbered, so every one carries its own ``requestNumber`` (the snippet makes one per
-submission) and intake does its dedup look-up as it would in production.
+submission) and intake does its dedup look-up as it would in production. A deal is what a CRM
+exports to ``POST /api/v1/deals``, one a line of NDJSON, each with its own ``orderNumber``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ NUMBER_MARK = "@@N@@"
 _NAMES = ("Иван Петров", "Мария Смирнова", "Алексей Кузнецов", "Ольга Васильева")
 _COMMENT = "Перезвоните, пожалуйста, после 18:00. Интересует доставка в пятницу."
 _URL = "https://shop.example.ru/catalog/item-{}?utm_source=yandex&utm_medium=cpc&utm_campaign=sale"
+_DEAL_STATUSES = ("Новая", "В работе", "Оплачена", "Отгружена")
+_MANAGERS = ("Ирина Соколова", "Дмитрий Орлов", "Анна Лебедева")
+DEAL_DATE_FORMAT = "%d-%m-%Y %H:%M:%S"  # lead-service's dd-mm-yyyy hh:mm:ss
+NDJSON = "application/x-ndjson"
 
 
 def _digits(n: int) -> str:
@@ -81,3 +86,26 @@ def check_stored_fields(accepted: datetime) -> None:
         expected["requestDate"] = accepted.strftime(leads.DATE_FORMAT)
         if expected != stored_fields(n, f"x-{n}", accepted):
             raise AssertionError(f"stored_fields({n}) differs from gateway validation")
+
+
+def deal(n: int, prefix: str, moment: datetime) -> dict[str, Any]:
+    """Deal ``n`` as a CRM posts it: numbered, with a status dated ``moment``, and contacts."""
+    d, date = _digits(n), moment.strftime(DEAL_DATE_FORMAT)
+    return {
+        "orderNumber": f"{prefix}-{n}",
+        "orderName": f"Заказ №{n}",
+        "orderDate": date,
+        "status": _DEAL_STATUSES[n % len(_DEAL_STATUSES)],
+        "statusDate": date,
+        "revenue": 990 + n % 50_000 + 0.5,
+        "funnel": "Интернет-магазин",
+        "manager": _MANAGERS[n % len(_MANAGERS)],
+        "phones": [f"+7 ({d[0:3]}) {d[3:6]}-{d[6:8]}-{d[8:10]}"],
+        "emails": [f"client{n}@example.ru"],
+    }
+
+
+def deal_lines(first: int, count: int, prefix: str, moment: datetime) -> bytes:
+    """Deals ``first .. first + count - 1`` as NDJSON, one a line."""
+    return b"".join(orjson.dumps(deal(n, prefix, moment)) + b"\n"
+                    for n in range(first, first + count))
