@@ -231,8 +231,16 @@ class BackOffice:
         return await self._write(self.queue.append_many(links, time.time()))
 
     async def _put(self, puts: list[Put]) -> list[PutResult]:
+        """Free items in one transaction, so that the relay sees a bulk upload whole and sends
+        it in full batches (one put each let it send the first few alone, its linger over);
+        an item that waits for its lead looks at that lead in a transaction of its own."""
         now = time.time()
-        return [await self._write(self.queue.put(put, now)) for put in puts]
+        free = [put for put in puts if put.after is None]
+        results = await self._write(self.queue.put_many(free, now)) if free else []
+        for put in puts:
+            if put.after is not None:
+                results.append(await self._write(self.queue.put(put, now)))
+        return results
 
     async def _lead_job(self, ref: str) -> str:
         """The job id of the lead ``ref`` names (its id, or its requestNumber) on this site."""

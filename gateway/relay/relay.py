@@ -22,7 +22,7 @@ from gateway.calltouch.answers import Convert, Defer, Delivered, Permanent, Retr
 from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.ops.metrics import Metrics
 from gateway.queue import Job, Queue
-from gateway.relay.gates import Gate, Ticket, abandon, admit_all
+from gateway.relay.gates import Gate, Ticket, abandon, admit_all, urgency
 from gateway.relay.pacing import backoff
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,14 @@ class Relay:
         self._clock = clock
         self._dispatchers: list[asyncio.Task[None]] = []
         self._inflight: dict[asyncio.Task[None], list[Job]] = {}
+        # Urgent kinds (leads) with visible work. The gates serve a lead before a batch only
+        # while the lead waits in them, and a lead dispatcher is out of them between two calls
+        # (leasing, looking for the next): so the other kinds ask for a call one at a time and
+        # only while no lead is left waiting, or they take the slots of a burst of leads.
+        self._urgent_busy: set[str] = set()
+        self._urgent_idle = asyncio.Event()
+        self._urgent_idle.set()
+        self._batch_turn = asyncio.Lock()
 
     def start(self) -> None:
         for sender in self._senders:
@@ -102,10 +110,13 @@ class Relay:
 
     async def _dispatch(self, sender: Sender) -> None:
         failures = 0
+        urgent = urgency(sender.kind) == 0
         while True:
             try:
                 if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS):
                     continue
+                if urgent:
+                    self._set_urgent(sender.kind, busy=True)
                 if sender.linger > 0 and not await self._filled(sender):
                     continue
                 await self._permits.acquire()
@@ -114,14 +125,30 @@ class Relay:
                 except BaseException:
                     self._permits.release()
                     raise
+                if urgent:  # busy while more of its kind are visible
+                    count, _ = await self._queue.backlog(sender.kind, self._clock(), 1)
+                    self._set_urgent(sender.kind, busy=started and count > 0)
             except Exception as exc:  # the store is locked or gone: wait, then try again
+                self._set_urgent(sender.kind, busy=False)
                 failures += 1
                 log.error("relay cannot lease kind=%s error=%s", sender.kind, type(exc).__name__)
                 await asyncio.sleep(min(30.0, 0.5 * 2**min(failures, 6)))
                 continue
+            except BaseException:
+                self._set_urgent(sender.kind, busy=False)
+                raise
             failures = 0
             if not started:
                 self._permits.release()
+
+    def _set_urgent(self, kind: str, *, busy: bool) -> None:
+        if busy:
+            self._urgent_busy.add(kind)
+            self._urgent_idle.clear()
+        else:
+            self._urgent_busy.discard(kind)
+            if not self._urgent_busy:
+                self._urgent_idle.set()
 
     async def _filled(self, sender: Sender) -> bool:
         """Whether a call would go full, or its oldest job has waited its linger; if neither,
@@ -140,7 +167,7 @@ class Relay:
     async def _start_call(self, sender: Sender) -> bool:
         """Pass the gates, lease, and start the send; False when no job was left to lease."""
         waited = time.monotonic()
-        tickets = await admit_all(self._gates, sender.kind)
+        tickets = await self._admit(sender.kind)
         self._metrics.pacer_wait.observe(time.monotonic() - waited)
         lease = asyncio.ensure_future(self._queue.lease(
             sender.kind, sender.batch, self._clock(), self._lease_timeout
@@ -160,6 +187,13 @@ class Relay:
         self._inflight[task] = jobs
         task.add_done_callback(self._done)
         return True
+
+    async def _admit(self, kind: str) -> list[Ticket]:
+        if urgency(kind) == 0:
+            return await admit_all(self._gates, kind)
+        async with self._batch_turn:
+            await self._urgent_idle.wait()
+            return await admit_all(self._gates, kind)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
