@@ -15,8 +15,8 @@ from aiohttp import web
 
 from gateway.app import OPS_RUNNER, QUEUE, create_app
 from gateway.config import Settings
-from gateway.queue import State
 from gateway.intake.listener import bound_address
+from gateway.queue import State
 from gateway.sandbox.server import SandboxThread
 from tests.support import PII_SAMPLES, TOKEN, Gateway, eventually, lead, sandbox_requests
 
