@@ -3,7 +3,8 @@
 The file (or ``-``, stdin) is read a chunk of lines at a time and each chunk is posted as
 NDJSON to ``/api/v1/deals``, so the upload goes through the same validation, dedup and merging
 as any other post: running the same file again adds nothing new. A progress line on stderr
-shows what was sent and accepted, and, given the ops listener, what Calltouch has taken so far.
+(on a terminal) shows what was sent and accepted, and, given the ops listener, what Calltouch
+has taken so far; the summary goes to stdout.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     with stream:
         total = None if args.file == "-" else _count_lines(args.file)
         progress = asyncio.run(_post_all(stream, args.url, args.ops_url, token, total))
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     for error in progress.errors:
         print(f"line {error.get('line')}: {error.get('field')}: {error.get('message')}")
     print(progress.line())
@@ -126,7 +128,8 @@ async def _post_all(
             progress.add(len(chunk), answer, progress.sent)
             if ops_url is not None:
                 progress.delivered = await _delivered(http, ops_url)
-            print("\r" + progress.line(), end="", file=sys.stderr, flush=True)
+            if sys.stderr.isatty():  # a progress line for a person; a script gets the summary
+                print("\r" + progress.line(), end="", file=sys.stderr, flush=True)
     return progress
 
 
