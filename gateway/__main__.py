@@ -24,6 +24,7 @@ from gateway.ops import logs
 from gateway.queue import Queue, QueueError, State, Status, open_queue
 from gateway.queue.sqlite_schema import path_from_url
 from gateway.sandbox.server import SandboxThread
+from gateway.sites import Sites, sites_of
 
 log = logging.getLogger("gateway")
 Action = Callable[[Queue], Awaitable[None]]
@@ -86,6 +87,8 @@ def _dead_parsers(dead: argparse.ArgumentParser) -> None:
     listing.add_argument("--kind", default=None, metavar="KIND",
                          help="only those of KIND: lead, deal.create, deal.update, comment,"
                          " order1")
+    listing.add_argument("--site", default=None, metavar="NAME",
+                         help="only those of the site NAME (CTGW_SITES; default: every site)")
     replay = dead_sub.add_parser("replay", help="queue dead letters again", epilog=_STORE_EPILOG)
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", dest="ids", metavar="ID",
@@ -93,6 +96,8 @@ def _dead_parsers(dead: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     which.add_argument("--kind", default=None, metavar="KIND",
                        help="replay every dead letter of KIND (e.g. deal.create)")
+    which.add_argument("--site", default=None, metavar="NAME",
+                       help="replay every dead letter of the site NAME")
 
 
 def store_label(url: str, *, create: bool) -> str:
@@ -117,9 +122,9 @@ def _cannot_open(store: str, exc: QueueError) -> ConfigError:
     return ConfigError("CTGW_QUEUE", f"cannot open the queue at {store}: {exc}")
 
 
-async def _serve(settings: Settings, store: str) -> None:
+async def _serve(settings: Settings, store: str, sites: Sites) -> None:
     try:
-        running = await app.start(settings)
+        running = await app.start(settings, sites=sites)
     except QueueError as exc:  # a listener fails with an OSError, the store with this
         raise _cannot_open(store, exc) from exc
     tune_gc()
@@ -132,6 +137,13 @@ async def _serve(settings: Settings, store: str) -> None:
         log.info("sandbox: relaying to the built-in Calltouch simulator at %s",
                  settings.calltouch_url)
     log.info("queue: %s", store)
+    if settings.sites_file is not None:
+        log.info("sites: %s", ", ".join(sorted(sites.sites)))
+        budgeted = sorted(name for name, site in sites.sites.items()
+                          if site.points_per_hour or site.points_per_day)
+        if budgeted:  # read and checked, but not counted yet: say so rather than imply it
+            log.warning("sites=%s: points_per_hour/points_per_day are not enforced by this"
+                        " version", ",".join(budgeted))
     _warn_above_calltouch(settings.rate)
     log.info("listening public=%s ops=%s", running.url, running.ops_url)
     await stop.wait()
@@ -171,29 +183,33 @@ async def _stats(queue: Queue) -> None:
     print(f"{'oldest':<10} {age:.0f}s")
 
 
-async def _dead_of(queue: Queue, limit: int, kind: str | None) -> list[Status]:
-    if kind is None:
+async def _dead_of(
+    queue: Queue, limit: int, kind: str | None, site: str | None = None
+) -> list[Status]:
+    if kind is None and site is None:
         return await queue.dead(limit)
     everything = await queue.dead((await queue.stats()).counts[State.DEAD])
-    return [status for status in everything if status.kind == kind][:limit]
+    return [s for s in everything
+            if kind in (None, s.kind) and site in (None, s.site)][:limit]
 
 
-def _dead_list(limit: int, kind: str | None) -> Action:
+def _dead_list(limit: int, kind: str | None, site: str | None) -> Action:
     async def run(queue: Queue) -> None:
-        dead = await _dead_of(queue, limit, kind)
+        dead = await _dead_of(queue, limit, kind, site)
         if not dead:
             print("no dead letters")
         for status in dead:
-            print(f"{status.id}\t{status.kind}\tattempts={status.attempts}\t{status.last_error}")
+            print(f"{status.id}\t{status.site}\t{status.kind}\tattempts={status.attempts}\t"
+                  f"{status.last_error}")
 
     return run
 
 
-def _replay(ids: list[str] | None, kind: str | None = None) -> Action:
+def _replay(ids: list[str] | None, kind: str | None = None, site: str | None = None) -> Action:
     async def run(queue: Queue) -> None:
         nonlocal ids
-        if kind is not None:
-            ids = [status.id for status in await _dead_of(queue, 10**9, kind)]
+        if kind is not None or site is not None:
+            ids = [status.id for status in await _dead_of(queue, 10**9, kind, site)]
         print(f"replayed {await queue.replay(ids, time.time())}")
         purged = await _purged_dead(queue, ids)
         if purged:
@@ -218,8 +234,8 @@ def _store_action(args: argparse.Namespace) -> Action:
     if args.command == "spam":
         return spam_cli.action(args)
     if args.action == "list":
-        return _dead_list(args.limit, args.kind)
-    return _replay(None if args.all else args.ids, args.kind)
+        return _dead_list(args.limit, args.kind, args.site)
+    return _replay(None if args.all else args.ids, args.kind, args.site)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_serve(settings: Settings) -> int:
+    sites = sites_of(settings, os.environ)  # a bad sites file: exit 2, one line
     store = store_label(settings.queue_url, create=True)
     logs.setup(settings.log_level)
     simulator = None
@@ -247,7 +264,7 @@ def _run_serve(settings: Settings) -> int:
         simulator = SandboxThread()
         settings = settings.with_calltouch(simulator.start())
     try:
-        asyncio.run(_serve(settings, store))
+        asyncio.run(_serve(settings, store, sites))
     except OSError as exc:
         print(f"ct-gateway: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -40,6 +40,7 @@ from gateway.queue import DEFAULT_SITE, Queue, open_queue
 from gateway.relay.health import Health
 from gateway.relay.pacing import Pacer
 from gateway.relay.relay import Relay, Sender
+from gateway.sites import Sites, single_site
 
 if TYPE_CHECKING:
     from gateway.relay.fleet_pace import FleetPace
@@ -54,6 +55,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 RELAY = web.AppKey("relay", Relay)
 INTAKE = web.AppKey("intake", Intake)
 BACK_OFFICE = web.AppKey("back_office", BackOffice)
+SITES = web.AppKey("sites", Sites)
 OPS_RUNNER = web.AppKey("ops_runner", web.AppRunner)
 
 
@@ -61,14 +63,17 @@ def create_app(
     settings: Settings,
     metrics: Metrics | None = None,
     upstream_traces: Sequence[aiohttp.TraceConfig] = (),
+    sites: Sites | None = None,
 ) -> web.Application:
-    """The public app; ``upstream_traces`` are extra aiohttp traces on the Calltouch session."""
+    """The public app; ``upstream_traces`` are extra aiohttp traces on the Calltouch session;
+    ``sites`` those of ``CTGW_SITES`` (by default the one the variables describe)."""
     app = web.Application(
         client_max_size=settings.max_body, handler_args=listener.handler_args(settings)
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics = metrics or Metrics()
     app[TRACES] = tuple(upstream_traces)
+    app[SITES] = sites = sites or single_site(settings)
     app.cleanup_ctx.extend(
         [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
     )
@@ -76,7 +81,7 @@ def create_app(
     expect = listener.expect_handler(settings.max_body)
     # A bulk upload is invited up to its own limit (curl asks before a body of 1 MiB or more).
     expect_upload = listener.expect_handler(settings.max_upload)
-    for method, path, handler in _routes(settings):
+    for method, path, handler in _routes(settings, sites):
         invite = expect_upload if path in UPLOADS else expect
         for verb in ("HEAD", "GET") if method == "GET" else (method,):  # as add_get does
             app.router.add_route(
@@ -88,8 +93,8 @@ def create_app(
     return app
 
 
-def _routes(settings: Settings) -> list[tuple[str, str, Handler]]:
-    served = snippet.Snippet.load(settings.mod_id, cross_origin=bool(settings.allowed_origins))
+def _routes(settings: Settings, sites: Sites) -> list[tuple[str, str, Handler]]:
+    served = snippet.BySite.load(sites)
     routes: list[tuple[str, str, Handler]] = [
         ("POST", "/leads", _browser),
         ("OPTIONS", "/leads", _preflight),
@@ -196,12 +201,12 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.rate_limit.set_function(lambda: pacer.current)
     metrics.rate_limit_max.set(settings.rate)
     client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)
-    senders = _senders(settings)
+    senders = _senders(app[SITES], settings.batch_linger)
     health = _health(app[QUEUE], metrics, settings)
     app[RELAY] = relay = Relay(
         app[QUEUE], client, senders, [health, pacer], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
-        lease_timeout=settings.lease_timeout,
+        lease_timeout=settings.lease_timeout, sites=sorted(app[SITES].sites),
     )
     relay.start()
     yield
@@ -227,18 +232,19 @@ def _health(queue: Queue, metrics: Metrics, settings: Settings) -> Health:
                   probe_deadline=settings.upstream_timeout + 5.0)
 
 
-def _senders(settings: Settings) -> list[Sender]:
-    """Every kind the settings can send: the back office's only with its credentials."""
-    site_ids = {DEFAULT_SITE: settings.site_id}
+def _senders(sites: Sites, linger: float) -> list[Sender]:
+    """Every kind the sites can send: the back office's only for sites with its credential."""
+    every = sites.sites.values()
+    site_ids = {site.name: site.site_id for site in every}
+    tokens = {site.name: site.access_token for site in every if site.access_token is not None}
+    api_ids = {site.name: site.client_api_id for site in every if site.client_api_id is not None}
     senders: list[Sender] = [LeadKind(site_ids)]
-    if settings.access_token is not None:
-        tokens = {DEFAULT_SITE: settings.access_token}
-        linger = settings.batch_linger
+    if tokens:
         senders += [DealCreateKind(site_ids, tokens, linger),
                     DealUpdateKind(site_ids, tokens, linger),
                     CommentKind(site_ids, tokens, linger)]
-    if settings.client_api_id is not None:
-        senders.append(Order1Kind({DEFAULT_SITE: settings.client_api_id}))
+    if api_ids:
+        senders.append(Order1Kind(api_ids))
     return senders
 
 
@@ -258,8 +264,9 @@ async def _open_fleet_pace(settings: Settings) -> FleetPace | None:
 async def _intake_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     quarantine = Quarantine(app[QUEUE], settings.spam_max)
-    app[INTAKE] = intake = Intake(settings, app[QUEUE], app[METRICS], quarantine)
-    app[BACK_OFFICE] = BackOffice(settings, app[QUEUE], app[METRICS], intake.authorise,
+    sites = app[SITES]
+    app[INTAKE] = intake = Intake(settings, app[QUEUE], app[METRICS], quarantine, sites)
+    app[BACK_OFFICE] = BackOffice(settings, app[QUEUE], app[METRICS], sites, intake.api_site,
                                   lambda: intake.draining)
     quarantine.start()
     yield
@@ -296,9 +303,10 @@ async def start(
     settings: Settings,
     metrics: Metrics | None = None,
     upstream_traces: Sequence[aiohttp.TraceConfig] = (),
+    sites: Sites | None = None,
 ) -> Running:
     """Open every resource and both listeners; ``await running.runner.cleanup()`` stops it."""
-    app = create_app(settings, metrics, upstream_traces)
+    app = create_app(settings, metrics, upstream_traces, sites)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:

@@ -132,6 +132,8 @@ class Settings:
     deal_source: str = DEAL_FALLBACK
     deal_medium: str = DEAL_FALLBACK
     deal_campaign: str = DEAL_FALLBACK
+    # CTGW_SITES: a file of several sites (gateway.sites); read where the gateway starts.
+    sites_file: str | None = None
 
     def with_calltouch(self, url: str) -> Settings:
         return replace(self, calltouch_url=url)
@@ -324,6 +326,13 @@ def store_from_env(env: Mapping[str, str]) -> StoreSettings:
 
 
 def _site_id(env: Mapping[str, str], sandbox: bool) -> str:
+    if _req(env, "CTGW_SITES") is not None:
+        if _req(env, "CTGW_SITE_ID") is not None:
+            raise ConfigError("CTGW_SITES", "and CTGW_SITE_ID are both set: the sites file names"
+                              " every site's id; unset CTGW_SITE_ID")
+        if sandbox:
+            raise ConfigError("CTGW_SITES", "is set, but --sandbox relays to the simulator")
+        return ""  # each site has its own, in the file
     if sandbox:
         # Both given, the operator meant one of them; guessing the sandbox would send a real
         # site's leads to the simulator, never to Calltouch.
@@ -380,4 +389,5 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         deal_source=_parse(env, "CTGW_DEAL_SOURCE", parse_label, d.deal_source),
         deal_medium=_parse(env, "CTGW_DEAL_MEDIUM", parse_label, d.deal_medium),
         deal_campaign=_parse(env, "CTGW_DEAL_CAMPAIGN", parse_label, d.deal_campaign),
+        sites_file=_req(env, "CTGW_SITES"),
     )

@@ -139,7 +139,8 @@ async def test_100_delivered_in_one_call_count_as_one_recovery(rig: Rig) -> None
     assert counts[State.DELIVERED] == 100
     assert rig.pacer.current == 3.0  # one step of 0.5, not a jump back to the limit
     assert upstream_calls(rig, "ok") == 1
-    delivered = rig.metrics.registry.get_sample_value("ctgw_jobs_delivered_total", {"kind": KIND})
+    delivered = rig.metrics.registry.get_sample_value(
+        "ctgw_jobs_delivered_total", {"kind": KIND, "site": "default"})
     assert delivered == 100
     assert rig.metrics.registry.get_sample_value("ctgw_leads_delivered_total") == 0  # not leads
 
@@ -157,7 +158,7 @@ async def test_a_mixed_answer_settles_each_job_by_its_own_verdict(rig: Rig) -> N
         else:
             assert status.last_error == f"item {n} refused"
     assert rig.metrics.registry.get_sample_value(
-        "ctgw_jobs_dead_total", {"kind": KIND, "reason": "item_error"}) == 33
+        "ctgw_jobs_dead_total", {"kind": KIND, "reason": "item_error", "site": "default"}) == 33
 
 
 async def _all_jobs(rig: Rig) -> list[Job]:

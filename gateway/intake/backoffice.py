@@ -8,7 +8,7 @@ a comment, or a deal that names a lead, waits for that lead to be delivered.
 
 from __future__ import annotations
 
-import hmac
+import functools
 import logging
 import time
 import zoneinfo
@@ -28,8 +28,9 @@ from gateway.kinds import deal as deals
 from gateway.kinds import lead as leads
 from gateway.kinds import order1
 from gateway.ops.metrics import Metrics
-from gateway.queue import DEFAULT_SITE, PENDING, Put, PutResult, Queue, QueueError, State, Status
+from gateway.queue import PENDING, Put, PutResult, Queue, QueueError, State, Status
 from gateway.queue.base import Link
+from gateway.sites import Sites
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,38 +75,44 @@ class BackOffice:
     settings: Settings
     queue: Queue
     metrics: Metrics
-    authorise: Callable[[web.Request], None]
+    sites: Sites
+    site_of: Callable[[web.Request], str]  # the site a token's request is for (Intake.api_site)
     is_draining: Callable[[], bool]
-    site: str = DEFAULT_SITE
-    _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
-    _fallback: deals.Fallback = field(init=False, repr=False)
+    _zones: dict[str, zoneinfo.ZoneInfo] = field(init=False, repr=False)
+    _fallbacks: dict[str, deals.Fallback] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
         s = self.settings
-        self._fallback = deals.Fallback(s.deal_source, s.deal_medium, s.deal_campaign)
+        self._zones = {name: zoneinfo.ZoneInfo(site.timezone)
+                       for name, site in self.sites.sites.items()}
+        self._fallbacks = {
+            name: deals.Fallback(site.deal_fallback_source or s.deal_source, s.deal_medium,
+                                 s.deal_campaign)
+            for name, site in self.sites.sites.items()
+        }
 
     # -- deals 2.0 ------------------------------------------------------------------------
 
     async def post_deals(self, request: web.Request) -> web.Response:
-        self._admit(request, self.settings.access_token, "CTGW_ACCESS_TOKEN")
-        return await self._upload(request, deals.KIND_CREATE, self._deal_link, self._append)
+        site = self._admit(request)
+        return await self._upload(request, deals.KIND_CREATE, site,
+                                  functools.partial(self._deal_link, site), self._append)
 
-    async def _deal_link(self, data: dict[str, Any]) -> Link:
-        deal = deals.validate(data, self._tz, self._fallback)
-        after = None if deal.lead is None else await self._lead_job(deal.lead)
+    async def _deal_link(self, site: str, data: dict[str, Any]) -> Link:
+        deal = deals.validate(data, self._zones[site], self._fallbacks[site])
+        after = None if deal.lead is None else await self._lead_job(site, deal.lead)
         payload = deals.payload(deal)
         return Link(
             deal.order_number,
-            Put(deals.KIND_CREATE, payload, deal.order_number, self.site, after=after),
-            Put(deals.KIND_UPDATE, payload, None, self.site),
+            Put(deals.KIND_CREATE, payload, deal.order_number, site, after=after),
+            Put(deals.KIND_UPDATE, payload, None, site),
             merge=deals.merge, follow=deals.follow,
         )
 
     async def get_deal(self, request: web.Request) -> web.Response:
-        self.authorise(request)
+        site = self.site_of(request)
         number = request.match_info["order_number"]
-        chain = await self._read(self.queue.chain(self.site, number))
+        chain = await self._read(self.queue.chain(site, number))
         if not chain:
             raise BadRequest("not_found", "no deal with this orderNumber", status=404)
         return json_response(deal_status(number, chain))
@@ -113,19 +120,20 @@ class BackOffice:
     # -- comments -------------------------------------------------------------------------
 
     async def post_comments(self, request: web.Request) -> web.Response:
-        self._admit(request, self.settings.access_token, "CTGW_ACCESS_TOKEN")
-        return await self._upload(request, comments.KIND, self._comment_put, self._put)
+        site = self._admit(request)
+        return await self._upload(request, comments.KIND, site,
+                                  functools.partial(self._comment_put, site), self._put)
 
-    async def _comment_put(self, data: dict[str, Any]) -> Put:
+    async def _comment_put(self, site: str, data: dict[str, Any]) -> Put:
         comment = comments.validate(data)
-        after = None if comment.lead is None else await self._lead_job(comment.lead)
+        after = None if comment.lead is None else await self._lead_job(site, comment.lead)
         return Put(comments.KIND, comments.payload(comment), comments.dedup_key(comment),
-                   self.site, after=after)
+                   site, after=after)
 
     async def get_comment(self, request: web.Request) -> web.Response:
-        self.authorise(request)
+        site = self.site_of(request)
         status = await self._read(self.queue.status(request.match_info["id"]))
-        if status is None or status.kind != comments.KIND or status.site != self.site:
+        if status is None or status.kind != comments.KIND or status.site != site:
             raise BadRequest("not_found", "no comment with this id", status=404)
         return json_response(status.as_dict())
 
@@ -133,8 +141,8 @@ class BackOffice:
 
     async def legacy(self, request: web.Request) -> web.Response:
         """``orders/register/``, ``update-by-id/``, ``delete-by-id/``: one call each, queued
-        in order per deal. The caller's ``clientApiId`` is the credential, checked here and
-        never kept: the sender adds the configured one."""
+        in order per deal. The caller's ``clientApiId`` is the credential and names the site;
+        it is checked here and never kept: the sender adds the configured one."""
         op = order1.op_for_path(request.path)
         if op is None:
             raise web.HTTPNotFound
@@ -142,49 +150,51 @@ class BackOffice:
         if request.method == "POST":
             body = await request.read()
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        self._check_client_api_id(params.pop(order1.API_ID, ""))
+        site = self._legacy_site(params.pop(order1.API_ID, ""))
         self._check_draining()
         try:
-            order = order1.validate(op, params, self._tz)
+            order = order1.validate(op, params, self._zones[site])
         except Invalid as exc:
-            self._received(order1.KIND, "invalid")
+            self._received(order1.KIND, "invalid", site)
             raise exc from None
-        put = Put(order1.KIND, order1.payload(order), None, self.site)
+        put = Put(order1.KIND, order1.payload(order), None, site)
         [result] = await self._append([Link(order1.chain(order), put, put)])
-        self._received(order1.KIND, "accepted")
+        self._received(order1.KIND, "accepted", site)
         return json_response({"id": result.status.id, "status": result.status.public_status},
                              202)
 
-    def _check_client_api_id(self, given: str) -> None:
-        expected = self.settings.client_api_id
-        if expected is None:
-            raise BadRequest("not_configured", "deals 1.0 are off: CTGW_CLIENT_API_ID is not"
-                             " set", status=503)
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
+    def _legacy_site(self, given: str) -> str:
+        if all(site.client_api_id is None for site in self.sites.sites.values()):
+            raise BadRequest("not_configured", "deals 1.0 are off: no clientApiId is set"
+                             " (CTGW_CLIENT_API_ID)", status=503)
+        site = self.sites.by_client_api_id(given)  # constant time, against every site's
+        if site is None:
             raise web.HTTPUnauthorized
+        return site.name
 
     # -- what the routes share ------------------------------------------------------------
 
-    def _admit(self, request: web.Request, credential: str | None, variable: str) -> None:
-        self.authorise(request)
-        if credential is None:
-            raise BadRequest("not_configured", f"the back office is off: {variable} is not set",
-                             status=503)
+    def _admit(self, request: web.Request) -> str:
+        site = self.site_of(request)
+        if self.sites.sites[site].access_token is None:
+            raise BadRequest("not_configured", "the back office is off for this site: no"
+                             " access token is set (CTGW_ACCESS_TOKEN)", status=503)
         self._check_draining()
+        return site
 
     def _check_draining(self) -> None:
         if self.is_draining():
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
 
     async def _upload(
-        self, request: web.Request, kind: str,
+        self, request: web.Request, kind: str, site: str,
         make: Callable[[dict[str, Any]], Awaitable[Any]],
         commit: Callable[[list[Any]], Awaitable[list[PutResult]]],
     ) -> web.Response:
         upload = await open_upload(request, min(self.settings.max_upload, MAX_JSON),
                                    self.settings.max_upload, idle=self.settings.body_timeout)
         if upload.single:
-            return await self._one(upload, kind, make, commit)
+            return await self._one(upload, kind, site, make, commit)
         tally = Tally()
         async for chunk in _chunks(upload, CHUNK):
             made = []
@@ -194,22 +204,23 @@ class BackOffice:
                     made.append(thing)
             for result in await commit(made) if made else []:
                 tally.count(result)
-        self._received(kind, "accepted", tally.accepted + tally.merged)
-        self._received(kind, "invalid", tally.rejected)
+        self._received(kind, "accepted", site, tally.accepted + tally.merged)
+        self._received(kind, "invalid", site, tally.rejected)
         return json_response(tally.as_dict(), 202)
 
     async def _one(
-        self, upload: Any, kind: str, make: Callable[[dict[str, Any]], Awaitable[Any]],
+        self, upload: Any, kind: str, site: str,
+        make: Callable[[dict[str, Any]], Awaitable[Any]],
         commit: Callable[[list[Any]], Awaitable[list[PutResult]]],
     ) -> web.Response:
         async for item in upload:
             try:
                 thing = await make(item.value)
             except Invalid:
-                self._received(kind, "invalid")
+                self._received(kind, "invalid", site)
                 raise
             [result] = await commit([thing])
-            self._received(kind, "accepted")
+            self._received(kind, "accepted", site)
             return json_response(
                 {"id": result.status.id, "status": result.status.public_status}, 202
             )
@@ -242,11 +253,11 @@ class BackOffice:
                 results.append(await self._write(self.queue.put(put, now)))
         return results
 
-    async def _lead_job(self, ref: str) -> str:
-        """The job id of the lead ``ref`` names (its id, or its requestNumber) on this site."""
+    async def _lead_job(self, site: str, ref: str) -> str:
+        """The job id of the lead ``ref`` names (its id, or its requestNumber) on ``site``."""
         status = await self._read(self.queue.status(ref))
-        if status is None or status.kind != leads.KIND or status.site != self.site:
-            status = await self._read(self.queue.find(self.site, leads.KIND, ref))
+        if status is None or status.kind != leads.KIND or status.site != site:
+            status = await self._read(self.queue.find(site, leads.KIND, ref))
         if status is None:
             raise Invalid([FieldError("lead", "unknown_lead",
                                       "names no lead sent through this gateway")], "invalid_item")
@@ -262,9 +273,9 @@ class BackOffice:
     async def _read(self, pending: Awaitable[T]) -> T:
         return await self._write(pending)
 
-    def _received(self, kind: str, outcome: str, count: int = 1) -> None:
+    def _received(self, kind: str, outcome: str, site: str, count: int = 1) -> None:
         if count:
-            self.metrics.jobs_received.labels(kind, outcome).inc(count)
+            self.metrics.jobs_received.labels(kind, outcome, site).inc(count)
 
 
 async def _chunks(upload: Any, size: int) -> AsyncIterator[list[Item]]:

@@ -7,7 +7,6 @@ in the queue. Domain errors travel up as exceptions and become JSON at the edge
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import zoneinfo
@@ -28,7 +27,8 @@ from gateway.intake.listener import read_body
 from gateway.intake.quarantine import Quarantine
 from gateway.kinds import lead as leads
 from gateway.ops.metrics import Metrics
-from gateway.queue import Quarantined, Queue, QueueError
+from gateway.queue import Put, Quarantined, Queue, QueueError
+from gateway.sites import Site, Sites
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ class Intake:
     queue: Queue
     metrics: Metrics
     quarantine: Quarantine
+    sites: Sites
     draining: bool = False
     listening: bool = False  # set once the public listener is open: /readyz waits for it
-    _tz: zoneinfo.ZoneInfo = field(init=False, repr=False)
-    _tokens: list[bytes] = field(init=False, repr=False)
+    _zones: dict[str, zoneinfo.ZoneInfo] = field(init=False, repr=False)
     limiter: ClientLimiter = field(init=False, repr=False)
     _bots: BotScorer = field(init=False, repr=False)
     _signals: dict[str, Counter] = field(init=False, repr=False)
@@ -59,9 +59,9 @@ class Intake:
     )
 
     def __post_init__(self) -> None:
-        self._tz = zoneinfo.ZoneInfo(self.settings.timezone)
+        self._zones = {name: zoneinfo.ZoneInfo(site.timezone)
+                       for name, site in self.sites.sites.items()}
         self.limiter = ClientLimiter(self.settings.client_rate)
-        self._tokens = [t.encode() for t in self.settings.api_tokens]
         self._bots = BotScorer.from_settings(self.settings)
         self._signals = {s: self.metrics.bot_signals.labels(s) for s in BOT_SIGNALS}
         for signal in BOT_SIGNALS:  # every series from the start, for increase()
@@ -80,9 +80,9 @@ class Intake:
         return await self._counted(request, "api")
 
     async def status(self, request: web.Request) -> web.Response:
-        self.authorise(request)
+        allowed = self.authorise(request)
         status = await self.queue.status(request.match_info["id"])
-        if status is None or status.kind != leads.KIND:
+        if status is None or status.kind != leads.KIND or status.site not in allowed:
             raise BadRequest("not_found", "no lead with this id", status=404)
         shown = status.as_dict()
         shown["attribution"] = (status.details or {}).get("attribution")
@@ -102,13 +102,20 @@ class Intake:
             raise
         self.metrics.count_received(channel, outcome)
         if channel == "browser":
-            self._allow_origin(request.headers.get("Origin"), response)
+            self._allow_origin(request.headers.get("Origin"), self.site_at(request), response)
         return response
 
-    def _admit(self, request: web.Request) -> bool:
+    def site_at(self, request: web.Request) -> Site:
+        """The site a browser's request is for, by its ``Host``."""
+        site = self.sites.for_host(request.host)
+        if site is None:
+            raise BadRequest("unknown_site", "no site is served at this host", status=404)
+        return site
+
+    def _admit(self, request: web.Request, site: Site) -> bool:
         """A browser's lead may come in: its origin, its rate. Does the Origin name the site?"""
         origin = request.headers.get("Origin")
-        named = origin_names_site(origin, request.host, self.settings.allowed_origins)
+        named = origin_names_site(origin, request.host, site.allowed_origins)
         # A same-origin POST from a page with "Referrer-Policy: no-referrer" carries
         # "Origin: null"; it says nothing of a foreign site, so it is scored, not refused.
         if not named and origin not in (None, "null"):
@@ -119,39 +126,58 @@ class Intake:
             raise Throttled(wait)
         return named
 
-    def _allow_origin(self, origin: str | None, response: web.Response) -> None:
-        if origin is not None and origin in self.settings.allowed_origins:
+    def _allow_origin(self, origin: str | None, site: Site, response: web.Response) -> None:
+        if origin is not None and origin in site.allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
 
-    def authorise(self, request: web.Request) -> None:
+    def authorise(self, request: web.Request) -> frozenset[str]:
+        """The sites the request's bearer token may post for; 401 without a known token."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        # aiohttp decodes header bytes with surrogateescape; this gives the same bytes back.
-        given = token.strip().encode("utf-8", "surrogateescape")
-        # Compare against every token, always: the time taken tells nothing of which matched.
-        matches = [hmac.compare_digest(given, t) for t in self._tokens]
-        if scheme.lower() != "bearer" or not any(matches):
+        # aiohttp decodes header bytes with surrogateescape; for_token encodes them back.
+        # It compares against every token, always: the time taken tells nothing of which.
+        allowed = self.sites.for_token(token.strip())
+        if scheme.lower() != "bearer" or not allowed:
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="ct-gateway"'})
+        return allowed
+
+    def api_site(self, request: web.Request) -> str:
+        """The site a server-side post is for: its token's one site, or ``?site=NAME``."""
+        allowed = self.authorise(request)
+        named = request.query.get("site")
+        if named is None:
+            if len(allowed) > 1:
+                raise BadRequest("site_required", "this token serves several sites: add"
+                                 " ?site=NAME", status=400)
+            return next(iter(allowed))
+        if named not in self.sites.sites:
+            raise BadRequest("unknown_site", "no such site", status=404)
+        if named not in allowed:
+            raise BadRequest("forbidden_site", "this token may not post for this site", 403)
+        return named
 
     async def _accept(self, request: web.Request, channel: leads.Channel) -> Answer:
         if channel == "browser":
-            origin_named = self._admit(request)
+            site = self.site_at(request)
+            origin_named = self._admit(request, site)
         else:
-            self.authorise(request)
+            site = self.sites.sites[self.api_site(request)]
             origin_named = False
+        zone = self._zones[site.name]
         if self.draining:
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
         if (request.content_length or 0) > self.settings.max_body:
             raise BadRequest("body_too_large", "the body is too large", status=413)
         body = await read_body(request, self.settings.body_timeout)
         data = bodies.decode(bodies.media_type(request.headers.get("Content-Type", "")), body)
-        lead = leads.validate(data, channel, self._tz)
+        lead = leads.validate(data, channel, zone)
+        put = leads.to_put(lead, zone, site.name)
         verdict = self._bot_verdict(request, lead, channel, origin_named)
         if verdict is not None:
             # A bot gets the answer a person gets, so it learns nothing; it is quarantined.
-            return self._answer(self._quarantine(lead, *verdict), "queued", 202, "spam")
+            return self._answer(self._quarantine(put, *verdict), "queued", 202, "spam")
         try:
-            result = await self.queue.put(leads.to_put(lead, self._tz), time.time())
+            result = await self.queue.put(put, time.time())
         except (QueueError, ConnectionError):
             log.exception("queue unavailable: the lead was refused, not lost")
             raise BadRequest("queue_unavailable", "cannot store the lead now; retry", 503) from None
@@ -177,13 +203,13 @@ class Intake:
             self._signals[signal].inc()
         return (score.signals, score.points) if score.bot else None
 
-    def _quarantine(self, lead: leads.Lead, signals: tuple[str, ...], points: int | None) -> str:
+    def _quarantine(self, put: Put, signals: tuple[str, ...], points: int | None) -> str:
         """Keep a bot's lead apart (``ct-gateway spam list``); its id. Signal names and points
         only, never a header's or a field's value. In sandbox mode a tester sees the verdict at
         INFO and on the demo page, since it is easily a headless browser's."""
         job_id = new_id()
         reason = f"score={'-' if points is None else points} signals={','.join(signals)}"
-        self.quarantine.add(Quarantined(job_id, leads.to_put(lead, self._tz), reason, time.time()))
+        self.quarantine.add(Quarantined(job_id, put, reason, time.time()))
         for signal in signals:
             self.metrics.quarantined.labels(signal).inc()
         level = logging.INFO if self.settings.sandbox else logging.DEBUG
@@ -201,7 +227,7 @@ class Intake:
 
     async def preflight(self, request: web.Request) -> web.Response:
         origin = request.headers.get("Origin", "")
-        if origin not in self.settings.allowed_origins:
+        if origin not in self.site_at(request).allowed_origins:
             raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
         return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": origin,

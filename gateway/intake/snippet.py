@@ -17,6 +17,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.errors import BadRequest
+from gateway.sites import Sites
+
 MOD_ID_SLOT = '/*CTGW_MOD_ID*/""'
 CACHE_CONTROL = "public, max-age=600, stale-while-revalidate=86400"
 DEMO_LEADS = 20
@@ -94,6 +97,25 @@ class Snippet:
             body=self.gzipped if zipped else self.body, headers=headers,
             content_type="application/javascript", charset="utf-8",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BySite:
+    """``/snippet.js`` with the ``mod_id`` of the site its ``Host`` names."""
+
+    snippets: dict[str, Snippet]
+    sites: Sites
+
+    @classmethod
+    def load(cls, sites: Sites) -> BySite:
+        return cls({name: Snippet.load(site.mod_id, cross_origin=bool(site.allowed_origins))
+                    for name, site in sites.sites.items()}, sites)
+
+    async def serve(self, request: web.Request) -> web.Response:
+        site = self.sites.for_host(request.host)
+        if site is None:
+            raise BadRequest("unknown_site", "no site is served at this host", status=404)
+        return await self.snippets[site.name].serve(request)
 
 
 async def demo(request: web.Request) -> web.Response:

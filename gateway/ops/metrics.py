@@ -85,19 +85,20 @@ class Metrics:
         # Every kind (lead, deal.create, deal.update, comment, order1): the lead series above
         # stay as they were, for the dashboards and alerts built on them.
         self.jobs_received = Counter(
-            "ctgw_jobs_received", "Jobs posted to the gateway, by kind and outcome.",
-            ["kind", "outcome"], registry=r,
+            "ctgw_jobs_received", "Jobs posted to the gateway, by kind, outcome and site.",
+            ["kind", "outcome", "site"], registry=r,
         )
         self.jobs_delivered = Counter(
-            "ctgw_jobs_delivered", "Jobs Calltouch accepted, by kind.", ["kind"], registry=r
-        )
-        self.jobs_dead = Counter(
-            "ctgw_jobs_dead", "Jobs dead-lettered, by kind and reason.", ["kind", "reason"],
+            "ctgw_jobs_delivered", "Jobs Calltouch accepted, by kind and site.", ["kind", "site"],
             registry=r,
         )
+        self.jobs_dead = Counter(
+            "ctgw_jobs_dead", "Jobs dead-lettered, by kind, reason and site.",
+            ["kind", "reason", "site"], registry=r,
+        )
         self.job_delivery_seconds = Histogram(
-            "ctgw_job_delivery_seconds", "Time from acceptance to delivery, by kind.",
-            ["kind"], buckets=_DELIVERY, registry=r,
+            "ctgw_job_delivery_seconds", "Time from acceptance to delivery, by kind and site.",
+            ["kind", "site"], buckets=_DELIVERY, registry=r,
         )
         self.auth_failures = Counter(
             "ctgw_upstream_auth_failures", "Calls Calltouch refused for their credentials, by"

@@ -66,8 +66,12 @@ class Relay:
         lease_timeout: float = 60.0,
         max_age: float = 72 * 3600.0,
         clock: Callable[[], float] = time.time,
+        sites: Sequence[str] = (),
     ) -> None:
         self._queue = queue
+        # Sites take turns per kind, so that one site's bulk upload does not starve another's.
+        self._sites = list(sites)
+        self._turns: dict[str, int] = {}
         self._client = client
         self._senders = senders
         self._gates = gates
@@ -169,9 +173,7 @@ class Relay:
         waited = time.monotonic()
         tickets = await self._admit(sender.kind)
         self._metrics.pacer_wait.observe(time.monotonic() - waited)
-        lease = asyncio.ensure_future(self._queue.lease(
-            sender.kind, sender.batch, self._clock(), self._lease_timeout
-        ))
+        lease = asyncio.ensure_future(self._lease(sender))
         try:
             # Shielded: a store may commit a lease it can no longer report, so a stop lets
             # it finish and gives its jobs back rather than leave them leased.
@@ -194,6 +196,21 @@ class Relay:
         async with self._batch_turn:
             await self._urgent_idle.wait()
             return await admit_all(self._gates, kind)
+
+    async def _lease(self, sender: Sender) -> list[Job]:
+        """Jobs for one call: of the next site in turn that has some (of any site, with one)."""
+        now = self._clock()
+        if len(self._sites) < 2:
+            return await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout)
+        first = self._turns.get(sender.kind, 0)
+        for step in range(len(self._sites)):
+            at = (first + step) % len(self._sites)
+            jobs = await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout,
+                                           self._sites[at])
+            if jobs:
+                self._turns[sender.kind] = at + 1
+                return jobs
+        return []
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -257,8 +274,8 @@ class Relay:
 
     def _count_delivered(self, job: Job, now: float) -> None:
         seconds = max(0.0, now - job.created_at)
-        self._metrics.jobs_delivered.labels(job.kind).inc()
-        self._metrics.job_delivery_seconds.labels(job.kind).observe(seconds)
+        self._metrics.jobs_delivered.labels(job.kind, job.site).inc()
+        self._metrics.job_delivery_seconds.labels(job.kind, job.site).observe(seconds)
         if job.kind == LEAD:
             self._metrics.delivered.inc()
             self._metrics.delivery_seconds.observe(seconds)
@@ -277,7 +294,7 @@ class Relay:
 
     async def _bury(self, job: Job, reason: str, detail: str, now: float) -> None:
         if await self._queue.bury(job, detail, now):
-            self._metrics.jobs_dead.labels(job.kind, reason).inc()
+            self._metrics.jobs_dead.labels(job.kind, reason, job.site).inc()
             if job.kind == LEAD:
                 self._metrics.dead.labels(reason).inc()
             log.error("dead job=%s kind=%s reason=%s", job.id, job.kind, reason)
