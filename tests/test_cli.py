@@ -95,6 +95,22 @@ def test_dead_list_and_replay_name_the_dead_letters(tmp_path: Path) -> None:
     assert replay.stdout.splitlines()[1:] == ["replayed 1"]
 
 
+def test_dead_list_and_replay_take_a_kind_and_a_site(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    ids = make_store(db, dead=2)
+    listing = cli("dead", "list", "--kind", "lead", "--site", "default", cwd=tmp_path,
+                  CTGW_QUEUE=url(db))
+    rows = [line.split("\t") for line in listing.stdout.splitlines()[1:]]
+    assert [(row[0], row[1], row[2]) for row in rows] == [(i, "default", "lead") for i in ids]
+    for other in (("--kind", "comment"), ("--site", "shop")):
+        none = cli("dead", "list", *other, cwd=tmp_path, CTGW_QUEUE=url(db))
+        assert none.stdout.splitlines()[1:] == ["no dead letters"], other
+        nothing = cli("dead", "replay", *other, cwd=tmp_path, CTGW_QUEUE=url(db))
+        assert nothing.stdout.splitlines()[1:] == ["replayed 0"], other
+    replay = cli("dead", "replay", "--kind", "lead", cwd=tmp_path, CTGW_QUEUE=url(db))
+    assert replay.stdout.splitlines()[1:] == ["replayed 2"]
+
+
 def test_dead_list_says_when_there_are_none(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     make_store(db)

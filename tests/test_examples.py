@@ -47,8 +47,10 @@ class Example:
 
 
 def mode(env: Mapping[str, str], line: str = "") -> bool:
-    """Sandbox, as the example would run: with ``--sandbox``, or with no site id to use."""
-    return "--sandbox" in line or not env.get("CTGW_SITE_ID", "").strip()
+    """Sandbox, as the example would run: with ``--sandbox``, or with no site id (nor sites
+    file) to use."""
+    named = env.get("CTGW_SITE_ID", "").strip() or env.get("CTGW_SITES", "").strip()
+    return "--sandbox" in line or not named
 
 
 def unquote(value: str) -> str:
