@@ -56,7 +56,9 @@ ACCESS_TOKEN = "bench-access-token"  # any non-empty one: the sandbox takes all
 DEAL_METHODS = frozenset({deal_kind.METHOD_CREATE, deal_kind.METHOD_UPDATE})
 SITE_ZONE = zoneinfo.ZoneInfo("Europe/Moscow")  # the gateway's default CTGW_TIMEZONE
 MIB = 1024 * 1024
-_DELIVERED = re.compile(r'^ctgw_jobs_delivered_total\{kind="([^"]+)"\} (\S+)$', re.MULTILINE)
+_DELIVERED = re.compile(
+    r'^ctgw_jobs_delivered_total\{kind="([^"]+)"(?:,site="[^"]*")?\} (\S+)$', re.MULTILINE
+)
 
 
 @dataclass(frozen=True)

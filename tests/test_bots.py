@@ -16,6 +16,7 @@ from gateway.intake.handlers import Intake
 from gateway.intake.quarantine import Quarantine
 from gateway.ops.metrics import Metrics
 from gateway.queue import Queue
+from gateway.sites import single_site
 
 HOST = "shop.example.ru"
 SITE = f"https://{HOST}"
@@ -114,7 +115,8 @@ async def test_every_signal_has_its_series_from_the_start() -> None:
     """increase() sees the first firing only of a series that existed before it."""
     registry = Metrics()
     queue = cast(Queue, None)
-    Intake(Settings(site_id="1"), queue, registry, Quarantine(queue, 10))
+    settings = Settings(site_id="1")
+    Intake(settings, queue, registry, Quarantine(queue, 10), single_site(settings))
     assert ("honeypot", *bots.SIGNALS) == bots.BOT_SIGNALS
     for signal in bots.BOT_SIGNALS:
         for series in ("ctgw_bot_signals_total", "ctgw_leads_quarantined_total"):

@@ -198,7 +198,7 @@ async def flow(traffic: Traffic, sandbox: str, db: Path) -> None:
     tally = await post_many(traffic.http, traffic.gateway, "/api/v1/deals",
                             [deal("live-1"), {"status": "new"}])
     assert (tally["accepted"], tally["rejected"]) == (1, 1), tally
-    await traffic.until('ctgw_jobs_delivered_total{kind="deal.create"}')
+    await traffic.until('ctgw_jobs_delivered_total{kind="deal.create",site="default"}')
     await sandbox_config(traffic.http, sandbox, access_token=WRONG_ACCESS_TOKEN)
     await post_many(traffic.http, traffic.gateway, "/api/v1/deals", [deal("live-3")])
     await traffic.until('ctgw_upstream_auth_failures_total{method="client-order/create"}')
