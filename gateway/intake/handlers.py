@@ -90,7 +90,8 @@ class Intake:
 
     async def _counted(self, request: web.Request, channel: leads.Channel) -> web.Response:
         try:
-            response, outcome = await self._accept(request, channel)
+            site = self._site(request, channel)
+            response, outcome = await self._accept(request, channel, site)
         except GatewayError as exc:
             self.metrics.count_received(channel, exc.outcome)
             if isinstance(exc, InvalidLead):
@@ -102,7 +103,7 @@ class Intake:
             raise
         self.metrics.count_received(channel, outcome)
         if channel == "browser":
-            self._allow_origin(request.headers.get("Origin"), self.site_at(request), response)
+            self._allow_origin(request.headers.get("Origin"), site, response)
         return response
 
     def site_at(self, request: web.Request) -> Site:
@@ -156,13 +157,13 @@ class Intake:
             raise BadRequest("forbidden_site", "this token may not post for this site", 403)
         return named
 
-    async def _accept(self, request: web.Request, channel: leads.Channel) -> Answer:
+    def _site(self, request: web.Request, channel: leads.Channel) -> Site:
         if channel == "browser":
-            site = self.site_at(request)
-            origin_named = self._admit(request, site)
-        else:
-            site = self.sites.sites[self.api_site(request)]
-            origin_named = False
+            return self.site_at(request)
+        return self.sites.sites[self.api_site(request)]
+
+    async def _accept(self, request: web.Request, channel: leads.Channel, site: Site) -> Answer:
+        origin_named = self._admit(request, site) if channel == "browser" else False
         zone = self._zones[site.name]
         if self.draining:
             raise BadRequest("shutting_down", "the gateway is restarting; retry", status=503)
