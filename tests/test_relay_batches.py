@@ -89,14 +89,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
-    async with aiohttp.ClientSession() as session:
-        client = CalltouchClient(session, bound_address(runner), timeout=5.0)
-        pacer, metrics = Pacer(5.0), Metrics()
-        relay = Relay(queue, client, [BatchKind()], [pacer], metrics)
-        yield Rig(upstream, queue, pacer, metrics, relay)
-        await relay.stop(grace=1.0)
-    await queue.close()
-    await runner.cleanup()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = CalltouchClient(session, bound_address(runner), timeout=5.0)
+            pacer, metrics = Pacer(5.0), Metrics()
+            relay = Relay(queue, client, [BatchKind()], [pacer], metrics)
+            yield Rig(upstream, queue, pacer, metrics, relay)
+            await relay.stop(grace=1.0)
+    finally:
+        await queue.close()
+        await runner.cleanup()
 
 
 async def put_and_settle(rig: Rig, count: int) -> dict[State, int]:
