@@ -139,11 +139,6 @@ async def _serve(settings: Settings, store: str, sites: Sites) -> None:
     log.info("queue: %s", store)
     if settings.sites_file is not None:
         log.info("sites: %s", ", ".join(sorted(sites.sites)))
-        budgeted = sorted(name for name, site in sites.sites.items()
-                          if site.points_per_hour or site.points_per_day)
-        if budgeted:  # read and checked, but not counted yet: say so rather than imply it
-            log.warning("sites=%s: points_per_hour/points_per_day are not enforced by this"
-                        " version", ",".join(budgeted))
     _warn_above_calltouch(settings.rate)
     log.info("listening public=%s ops=%s", running.url, running.ops_url)
     await stop.wait()

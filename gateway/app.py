@@ -9,9 +9,7 @@ opens the public listener on top, as :func:`_ops_ctx` opens the ops one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,11 +34,11 @@ from gateway.kinds.order1 import Order1Kind
 from gateway.ops.endpoints import create_ops_app
 from gateway.ops.metrics import Metrics
 from gateway.ops.retention import Retention
-from gateway.queue import DEFAULT_SITE, Queue, open_queue
-from gateway.relay.health import Health
+from gateway.queue import Queue, open_queue
 from gateway.relay.pacing import Pacer
 from gateway.relay.relay import Relay, Sender
 from gateway.sites import Sites, single_site
+from gateway.upstream_gates import health_gate, site_points
 
 if TYPE_CHECKING:
     from gateway.relay.fleet_pace import FleetPace
@@ -202,11 +200,12 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.rate_limit_max.set(settings.rate)
     client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)
     senders = _senders(app[SITES], settings.batch_linger)
-    health = _health(app[QUEUE], metrics, settings)
+    health = health_gate(app[QUEUE], metrics, settings)
     app[RELAY] = relay = Relay(
         app[QUEUE], client, senders, [health, pacer], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
         lease_timeout=settings.lease_timeout, sites=sorted(app[SITES].sites),
+        points=site_points(app[QUEUE], metrics, settings, app[SITES]),
     )
     relay.start()
     yield
@@ -214,22 +213,6 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("relay stopped unsent_in_flight=%d", unsent)
     if fleet is not None:  # after the relay, so that its last calls' stamps are recorded
         await fleet.close()
-
-
-def _health(queue: Queue, metrics: Metrics, settings: Settings) -> Health:
-    """The upstream's health gate: while Calltouch is down one probe goes at a time; once it
-    answers, what backed off meanwhile is due at once."""
-    healthy = metrics.upstream_healthy.labels(DEFAULT_SITE)
-    healthy.set(1)
-    hastening: set[asyncio.Task[int]] = set()  # held, so that a task is not collected
-
-    def recovered() -> None:
-        task = asyncio.create_task(queue.hasten(time.time()))
-        hastening.add(task)
-        task.add_done_callback(hastening.discard)
-
-    return Health(on_change=lambda up: healthy.set(1 if up else 0), on_recovered=recovered,
-                  probe_deadline=settings.upstream_timeout + 5.0)
 
 
 def _senders(sites: Sites, linger: float) -> list[Sender]:

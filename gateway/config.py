@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from gateway.config_points import PointsSettings, parse_costs, parse_pattern, parse_reserve
+
 T = TypeVar("T")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -134,6 +136,7 @@ class Settings:
     deal_campaign: str = DEAL_FALLBACK
     # CTGW_SITES: a file of several sites (gateway.sites); read where the gateway starts.
     sites_file: str | None = None
+    points: PointsSettings = field(default_factory=PointsSettings)
 
     def with_calltouch(self, url: str) -> Settings:
         return replace(self, calltouch_url=url)
@@ -390,4 +393,21 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         deal_medium=_parse(env, "CTGW_DEAL_MEDIUM", parse_label, d.deal_medium),
         deal_campaign=_parse(env, "CTGW_DEAL_CAMPAIGN", parse_label, d.deal_campaign),
         sites_file=_req(env, "CTGW_SITES"),
+        points=_points(env),
+    )
+
+
+def _points(env: Mapping[str, str]) -> PointsSettings:
+    d = PointsSettings()
+    per_hour = _parse(env, "CTGW_POINTS_PER_HOUR", parse_count, None)
+    per_day = _parse(env, "CTGW_POINTS_PER_DAY", parse_count, None)
+    if (per_hour or per_day) and _req(env, "CTGW_SITES") is not None:
+        raise ConfigError("CTGW_SITES", "and CTGW_POINTS_PER_HOUR/_PER_DAY are both set: the "
+                          "sites file holds each site's budgets")
+    return PointsSettings(
+        per_hour, per_day,
+        reserve=_parse(env, "CTGW_POINTS_RESERVE", parse_reserve, d.reserve),
+        costs=_parse(env, "CTGW_POINT_COSTS", parse_costs, d.costs),
+        refusal=_parse(env, "CTGW_POINTS_REFUSAL", parse_pattern, d.refusal),
+        probe_every=_parse(env, "CTGW_POINTS_PROBE", parse_timeout, d.probe_every),
     )

@@ -507,6 +507,7 @@ def single_site(settings: Settings) -> Sites:
     site = Site(
         DEFAULT_SITE, settings.site_id, settings.mod_id, (), settings.allowed_origins,
         settings.access_token, settings.client_api_id, settings.timezone,
+        settings.points.per_hour, settings.points.per_day,
     )
     every = frozenset({DEFAULT_SITE})
     return Sites({DEFAULT_SITE: site}, {token: every for token in settings.api_tokens},

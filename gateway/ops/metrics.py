@@ -117,6 +117,19 @@ class Metrics:
             "ctgw_upstream_healthy", "1 while Calltouch answers; 0 while it is down and only"
             " one probe call at a time goes.", ["site"], registry=r,
         )
+        self.points_spent = Counter(
+            "ctgw_points_spent", "API points spent by the calls Calltouch took, by site.",
+            ["site"], registry=r,
+        )
+        self.points_remaining = Gauge(
+            "ctgw_points_remaining", "API points left in the site's current clock hour or day"
+            " (window), for the budgets that are set.", ["site", "window"], registry=r,
+        )
+        self.points_refused = Gauge(
+            "ctgw_points_refused", "1 while Calltouch refuses the site's calls for API points:"
+            " its jobs wait for the next hour, one probe call every 5 minutes.", ["site"],
+            registry=r,
+        )
         self.rate_limit = Gauge(
             "ctgw_upstream_rate_limit", "The pacer's current requests per second.", registry=r
         )

@@ -24,6 +24,7 @@ from gateway.ops.metrics import Metrics
 from gateway.queue import Job, Queue
 from gateway.relay.gates import Gate, Ticket, abandon, admit_all, urgency
 from gateway.relay.pacing import backoff
+from gateway.relay.points import Points
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 60.0
 LEAD = "lead"  # the kind whose series the lead metrics are (gateway.kinds.lead.KIND)
 AUTH_FAILED = "auth_failed"  # the Defer code of a call refused for its credentials
+# While every site with work of a kind waits for its API points, look again this often.
+POINTS_LOOK = 1.0
 
 
 class Sender(Protocol):
@@ -67,11 +70,13 @@ class Relay:
         max_age: float = 72 * 3600.0,
         clock: Callable[[], float] = time.time,
         sites: Sequence[str] = (),
+        points: Points | None = None,
     ) -> None:
         self._queue = queue
         # Sites take turns per kind, so that one site's bulk upload does not starve another's.
         self._sites = list(sites)
         self._turns: dict[str, int] = {}
+        self._points = points
         self._client = client
         self._senders = senders
         self._gates = gates
@@ -114,24 +119,9 @@ class Relay:
 
     async def _dispatch(self, sender: Sender) -> None:
         failures = 0
-        urgent = urgency(sender.kind) == 0
         while True:
             try:
-                if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS):
-                    continue
-                if urgent:
-                    self._set_urgent(sender.kind, busy=True)
-                if sender.linger > 0 and not await self._filled(sender):
-                    continue
-                await self._permits.acquire()
-                try:
-                    started = await self._start_call(sender)
-                except BaseException:
-                    self._permits.release()
-                    raise
-                if urgent:  # busy while more of its kind are visible
-                    count, _ = await self._queue.backlog(sender.kind, self._clock(), 1)
-                    self._set_urgent(sender.kind, busy=started and count > 0)
+                await self._next_call(sender)
             except Exception as exc:  # the store is locked or gone: wait, then try again
                 self._set_urgent(sender.kind, busy=False)
                 failures += 1
@@ -142,8 +132,31 @@ class Relay:
                 self._set_urgent(sender.kind, busy=False)
                 raise
             failures = 0
-            if not started:
+
+    async def _next_call(self, sender: Sender) -> None:
+        """Wait for work of the sender's kind that may go now, and start a call of it."""
+        urgent = urgency(sender.kind) == 0
+        if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS):
+            return
+        sites = await self._open_sites(sender)
+        if sites == []:  # every site with work waits for its API points
+            self._set_urgent(sender.kind, busy=False)
+            await asyncio.sleep(POINTS_LOOK)
+            return
+        if urgent:
+            self._set_urgent(sender.kind, busy=True)
+        if sender.linger > 0 and not await self._filled(sender):
+            return
+        await self._permits.acquire()
+        started = False
+        try:
+            started = await self._start_call(sender, sites)
+        finally:
+            if not started:  # a started call's task gives the permit back
                 self._permits.release()
+        if urgent:  # busy while more of its kind are visible
+            count, _ = await self._queue.backlog(sender.kind, self._clock(), 1)
+            self._set_urgent(sender.kind, busy=started and count > 0)
 
     def _set_urgent(self, kind: str, *, busy: bool) -> None:
         if busy:
@@ -168,12 +181,28 @@ class Relay:
         await asyncio.sleep(min(wait, sender.linger))
         return False
 
-    async def _start_call(self, sender: Sender) -> bool:
+    async def _open_sites(self, sender: Sender) -> list[str] | None:
+        """The sites a call of ``sender`` may lease from, in their turn: all but those waiting
+        for API points (and then only those with work); ``None``: any (sites not known)."""
+        if not self._sites:
+            return None
+        first = self._turns.get(sender.kind, 0)
+        turn = [self._sites[(first + step) % len(self._sites)] for step in range(len(self._sites))]
+        if self._points is None:
+            return turn
+        points = self._points
+        open_ = [site for site in turn if points.until(site, sender.kind, sender.method) is None]
+        if len(open_) == len(turn):
+            return open_
+        # Some site's work must wait: the call goes only if an open site has some.
+        return [site for site in open_ if await self._queue.wait_for_work(sender.kind, 0, site)]
+
+    async def _start_call(self, sender: Sender, sites: list[str] | None) -> bool:
         """Pass the gates, lease, and start the send; False when no job was left to lease."""
         waited = time.monotonic()
         tickets = await self._admit(sender.kind)
         self._metrics.pacer_wait.observe(time.monotonic() - waited)
-        lease = asyncio.ensure_future(self._lease(sender))
+        lease = asyncio.ensure_future(self._lease(sender, sites))
         try:
             # Shielded: a store may commit a lease it can no longer report, so a stop lets
             # it finish and gives its jobs back rather than leave them leased.
@@ -184,6 +213,12 @@ class Relay:
             raise
         if not jobs:  # another worker took them
             abandon(tickets, time.monotonic())
+            return False
+        if self._points is not None and not self._points.take(jobs[0].site, sender.kind,
+                                                              sender.method):
+            abandon(tickets, time.monotonic())  # another call took the site's last points
+            for job in jobs:
+                await self._queue.release(job)
             return False
         task = asyncio.create_task(self._deliver(sender, jobs, tickets))
         self._inflight[task] = jobs
@@ -197,18 +232,16 @@ class Relay:
             await self._urgent_idle.wait()
             return await admit_all(self._gates, kind)
 
-    async def _lease(self, sender: Sender) -> list[Job]:
-        """Jobs for one call: of the next site in turn that has some (of any site, with one)."""
+    async def _lease(self, sender: Sender, sites: list[str] | None) -> list[Job]:
+        """Jobs for one call: of the first of ``sites`` that has some (of any site: None)."""
         now = self._clock()
-        if len(self._sites) < 2:
+        if sites is None or len(self._sites) < 2:
             return await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout)
-        first = self._turns.get(sender.kind, 0)
-        for step in range(len(self._sites)):
-            at = (first + step) % len(self._sites)
+        for site in sites:
             jobs = await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout,
-                                           self._sites[at])
+                                           site)
             if jobs:
-                self._turns[sender.kind] = at + 1
+                self._turns[sender.kind] = self._sites.index(site) + 1
                 return jobs
         return []
 
@@ -237,12 +270,16 @@ class Relay:
         for ticket in tickets:
             ticket.answered(reply)
         verdicts = self._verdicts(sender, reply, jobs)
+        if self._points is not None:
+            self._points.heard(jobs[0].site, sender.kind, sender.method, verdicts)
         self._count_call(sender.method, verdicts, time.monotonic() - started)
         for job, verdict in zip(jobs, verdicts, strict=True):
             await self._settle(job, verdict)
 
-    @staticmethod
-    def _verdicts(sender: Sender, reply: Reply, jobs: list[Job]) -> list[Verdict]:
+    def _verdicts(self, sender: Sender, reply: Reply, jobs: list[Job]) -> list[Verdict]:
+        refused = None if self._points is None else self._points.refused(reply)
+        if refused is not None:  # before the kind reads it: no item was looked at
+            return [refused] * len(jobs)
         failure = reply.failure
         if failure is None or (sender.reads_errors and isinstance(failure, Permanent)):
             return sender.read(reply, jobs)

@@ -10,7 +10,7 @@
   ``form`` (``{}`` for a JSON call; never a token) and ``json`` (the JSON posted, else null);
   ``GET /sandbox/stats`` — counts by status and by method, and the most arrivals seen in any
   sliding 1 s window; ``POST /sandbox/config`` — ``{"latency": [lo, hi], "fault": "503"|"hang"|
-  "429"|"error200"|null, "fault_rate": 0..1, "access_token": str|null, "client_api_id":
+  "429"|"error200"|"points"|null, "fault_rate": 0..1, "access_token": str|null, "client_api_id":
   str|null}`` (a token set is the only one accepted; null: any non-empty one);
   ``POST /sandbox/reset`` — forgets what was received and applied, keeps the configuration.
 
@@ -42,7 +42,11 @@ from gateway.sandbox.backoffice import OFFICE, SESSION, BackOffice, Endpoint, Re
 
 REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
 NO_PARAMS = "Не возможно создать заявку - не указано ни одного входного параметра"
-FAULTS = ("503", "hang", "429", "error200")
+FAULTS = ("503", "hang", "429", "error200", "points")
+# Calltouch does not publish its text for a call refused for API points; this one is ours, and
+# the gateway recognises it by CTGW_POINTS_REFUSAL, a pattern an operator can change.
+POINTS_REFUSED = "Недостаточно баллов API: часовой лимит исчерпан (API points limit exceeded)"
+_FAULT_STATUS = {"503": 503, "hang": 599, "429": 429, "points": 403}
 LIMIT, WINDOW = 5, 1.0
 
 
@@ -159,6 +163,8 @@ async def _serve_call(request: web.Request, endpoint: Endpoint) -> web.StreamRes
         await asyncio.Event().wait()
     if status == 429:
         return web.json_response({"message": "Too Many Requests"}, status=429)
+    if status == 403:
+        return web.json_response({"message": POINTS_REFUSED}, status=403)
     if status != 200:
         return web.Response(status=status, text="Service Unavailable")
     faulty = state.fault == "error200" and _faulty(state)
@@ -179,8 +185,8 @@ def _faulty(state: SandboxState) -> bool:
 
 
 def _decide(state: SandboxState, ip: str, now: float) -> int:
-    if state.fault in ("503", "hang", "429") and _faulty(state):
-        return {"503": 503, "hang": 599, "429": 429}[state.fault]
+    if state.fault in _FAULT_STATUS and _faulty(state):
+        return _FAULT_STATUS[state.fault]
     return 429 if state.over_limit(ip, now) else 200
 
 

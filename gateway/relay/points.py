@@ -1,0 +1,209 @@
+"""API points: what each site may spend, counted in its own clock hours and days.
+
+Calltouch gives each site an hourly and a daily budget of API points; every successful call
+spends some (costs per method are not published: they are settings, 1 per call by default).
+Once a budget is spent, calls fail until the next hour. So the relay asks :meth:`Points.until`
+before a call of a site goes, and tells :meth:`Points.heard` what came back:
+
+* leads may spend the whole budget; every other kind stops at a reserve kept for leads
+  (``reserve``, a fraction of the hour) and waits for the next hour, unleased, with no attempt
+  counted;
+* bulk work is spread over the hour: by any moment it may have spent its share of the hour so
+  far, plus a small burst (a leaky bucket that empties at the hour, when Calltouch's does);
+* when Calltouch refuses a call for points (recognised by ``refusal``, a pattern, since its
+  text is not published), the site waits for the next hour, one probe call every
+  ``probe_every`` seconds meanwhile; the first call that passes resumes it.
+
+The ledger is this process's: gateways of a fleet each count their own spending.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from gateway.calltouch.answers import Defer, Delivered, Permanent, Verdict, error_text, redact
+from gateway.calltouch.client import Reply
+from gateway.config_points import DEFAULT_REFUSAL, DEFAULT_RESERVE
+from gateway.relay.gates import urgency
+
+log = logging.getLogger(__name__)
+
+REFUSED = "points_exhausted"  # the Defer code of a call refused for points
+PROBE_EVERY = 300.0
+BURST = 0.05  # of the hour's bulk share: a small upload goes at once, a big one is spread
+HOUR, DAY = "hour", "day"
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One site's budgets (``None``: not limited) and the zone its hours and days are in."""
+
+    per_hour: int | None = None
+    per_day: int | None = None
+    reserve: float = DEFAULT_RESERVE
+    timezone: str = "Europe/Moscow"
+
+    @property
+    def reserved(self) -> int:
+        """Points of each hour (and of the day's last) that only leads may spend."""
+        return math.ceil((self.per_hour or 0) * self.reserve)
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """What a site spent in the current hour and day, and when those end."""
+
+    hour_start: float = 0.0
+    hour_end: float = 0.0
+    day_end: float = 0.0
+    hour: int = 0
+    bulk: int = 0  # of ``hour``: spent by kinds other than leads
+    day: int = 0
+    refused_until: float | None = None  # Calltouch refused for points: wait until then
+    probe_at: float = 0.0
+
+
+def windows(now: float, zone: ZoneInfo) -> tuple[float, float, float]:
+    """The start and end of ``now``'s clock hour and the end of its day, in ``zone``."""
+    local = datetime.fromtimestamp(now, zone)
+    hour = local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return hour.timestamp(), (hour + timedelta(hours=1)).timestamp(), day.timestamp()
+
+
+class Points:
+    def __init__(
+        self,
+        budgets: Mapping[str, Budget],
+        costs: Mapping[str, int] | None = None,
+        *,
+        refusal: str = DEFAULT_REFUSAL,
+        probe_every: float = PROBE_EVERY,
+        clock: Clock = time.time,
+        on_refused: Callable[[str, bool], None] = lambda site, refused: None,
+        on_spent: Callable[[str, int], None] = lambda site, points: None,
+    ) -> None:
+        self._budgets = dict(budgets)
+        self._zones = {site: ZoneInfo(b.timezone) for site, b in self._budgets.items()}
+        self._costs = dict(costs or {})
+        self._refusal = re.compile(refusal)
+        self._probe_every = probe_every
+        self._clock = clock
+        self._on_refused, self._on_spent = on_refused, on_spent
+        self._ledgers: dict[str, _Ledger] = {}
+
+    def cost(self, method: str) -> int:
+        return self._costs.get(method, 1)
+
+    def until(self, site: str, kind: str, method: str) -> float | None:
+        """``None`` when a call of ``kind`` may spend ``site``'s points now; else the time
+        (on this clock) before which it may not."""
+        now = self._clock()
+        ledger = self._ledger(site, now)
+        if ledger.refused_until is not None:
+            return None if now >= ledger.probe_at else min(ledger.probe_at, ledger.refused_until)
+        budget = self._budgets.get(site)
+        if budget is None:
+            return None
+        urgent = urgency(kind) == 0
+        held = 0 if urgent else budget.reserved
+        cost = self.cost(method)
+        if budget.per_day is not None and ledger.day + cost > budget.per_day - held:
+            return ledger.day_end
+        if budget.per_hour is None:
+            return None
+        share = budget.per_hour - held
+        if ledger.hour + cost > share:
+            return ledger.hour_end
+        if urgent:
+            return None
+        # The bulk share of the hour so far, plus a burst: spread over the hour, not its start.
+        burst = max(cost, BURST * share)
+        due = ledger.hour_start + (ledger.bulk + cost - burst) / share * 3600
+        return None if now >= due else due
+
+    def remaining(self, site: str, window: str) -> float:
+        """Points left in the current hour or day (the gauge; NaN for a window not limited)."""
+        budget = self._budgets.get(site)
+        limit = None if budget is None else (budget.per_hour if window == HOUR else budget.per_day)
+        if limit is None:
+            return math.nan
+        ledger = self._ledger(site, self._clock())
+        return float(max(0, limit - (ledger.hour if window == HOUR else ledger.day)))
+
+    def take(self, site: str, kind: str, method: str) -> bool:
+        """Reserve a call's points as it leaves (calls in flight count, or a burst of them
+        would overspend); ``False``: it may not go after all. While the site is refused for
+        points, the call that leaves is the probe."""
+        if self.until(site, kind, method) is not None:
+            return False
+        ledger = self._ledger(site, self._clock())
+        if ledger.refused_until is not None:
+            ledger.probe_at = self._clock() + self._probe_every
+        self._add(ledger, kind, self.cost(method))
+        return True
+
+    def refused(self, reply: Reply) -> Defer | None:
+        """The verdict of every job of a call Calltouch refused for points; else ``None``."""
+        failure = reply.failure
+        if not isinstance(failure, Permanent):  # a 2xx, a 429, an outage: not about points
+            return None
+        text = error_text(reply.body)
+        if not self._refusal.search(text):
+            return None
+        return Defer(REFUSED, f"HTTP {reply.status}: {redact(text)}", self._probe_every)
+
+    def heard(self, site: str, kind: str, method: str, verdicts: Sequence[Verdict]) -> None:
+        """What a call taken for ``site`` got back: its points stay spent if Calltouch took
+        the call (whatever its items say), else they are given back."""
+        now = self._clock()
+        ledger = self._ledger(site, now)
+        cost = self.cost(method)
+        if any(isinstance(v, Delivered) for v in verdicts):
+            self._resume(site, ledger, "a call passed")
+            self._on_spent(site, cost)
+            return
+        self._add(ledger, kind, -cost)
+        if any(isinstance(v, Defer) and v.code == REFUSED for v in verdicts):
+            if ledger.refused_until is None:
+                log.error("calltouch refused site=%s for its API points: it waits for the next "
+                          "hour, one probe every %.0fs", site, self._probe_every)
+                self._on_refused(site, True)
+            ledger.refused_until = ledger.hour_end
+            ledger.probe_at = now + self._probe_every
+
+    @staticmethod
+    def _add(ledger: _Ledger, kind: str, points: int) -> None:
+        # A call given back after its hour or day ended is not taken from the new one.
+        ledger.hour = max(0, ledger.hour + points)
+        ledger.day = max(0, ledger.day + points)
+        if urgency(kind) != 0:
+            ledger.bulk = max(0, ledger.bulk + points)
+
+    def _ledger(self, site: str, now: float) -> _Ledger:
+        ledger = self._ledgers.setdefault(site, _Ledger())
+        if now >= ledger.hour_end:
+            start, end, day_end = windows(now, self._zones.get(site, _MOSCOW))
+            if now >= ledger.day_end:
+                ledger.day, ledger.day_end = 0, day_end
+            ledger.hour_start, ledger.hour_end, ledger.hour, ledger.bulk = start, end, 0, 0
+            self._resume(site, ledger, "a new hour")
+        return ledger
+
+    def _resume(self, site: str, ledger: _Ledger, why: str) -> None:
+        if ledger.refused_until is None:
+            return
+        ledger.refused_until = None
+        log.info("site=%s may spend API points again (%s)", site, why)
+        self._on_refused(site, False)
+
+
+_MOSCOW = ZoneInfo("Europe/Moscow")

@@ -1,0 +1,67 @@
+"""The relay's watch on Calltouch, wired to the metrics and the queue: its health (one gate
+for the egress) and each site's API points."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+from gateway.config import Settings
+from gateway.ops.metrics import Metrics
+from gateway.queue import DEFAULT_SITE, Queue
+from gateway.relay.health import Health
+from gateway.relay.points import DAY, HOUR, Budget, Points
+from gateway.sites import Sites
+
+
+class Hastener:
+    """Makes every delayed job due now, on a task of its own (a gate's callback cannot wait)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._tasks: set[asyncio.Task[int]] = set()  # held, so that a task is not collected
+
+    def __call__(self) -> None:
+        task = asyncio.create_task(self._queue.hasten(time.time()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def health_gate(queue: Queue, metrics: Metrics, settings: Settings) -> Health:
+    """While Calltouch is down one probe goes at a time; once it answers, what backed off
+    meanwhile is due at once."""
+    healthy = metrics.upstream_healthy.labels(DEFAULT_SITE)
+    healthy.set(1)
+    return Health(on_change=lambda up: healthy.set(1 if up else 0), on_recovered=Hastener(queue),
+                  probe_deadline=settings.upstream_timeout + 5.0)
+
+
+def site_points(queue: Queue, metrics: Metrics, settings: Settings, sites: Sites) -> Points:
+    """Each site's budgets and spending, shown by ``ctgw_points_*``; a site Calltouch refused
+    for points has its waiting jobs made due once it may spend again."""
+    config = settings.points
+    budgets = {
+        name: Budget(site.points_per_hour, site.points_per_day, config.reserve, site.timezone)
+        for name, site in sites.sites.items()
+        if site.points_per_hour is not None or site.points_per_day is not None
+    }
+    hasten = Hastener(queue)
+
+    def refused(site: str, now_refused: bool) -> None:
+        metrics.points_refused.labels(site).set(1 if now_refused else 0)
+        if not now_refused:
+            hasten()
+
+    points = Points(budgets, config.costs, refusal=config.refusal,
+                    probe_every=config.probe_every, on_refused=refused,
+                    on_spent=lambda site, cost: metrics.points_spent.labels(site).inc(cost))
+    for name in sites.sites:
+        metrics.points_spent.labels(name)
+        metrics.points_refused.labels(name).set(0)
+    for name, budget in budgets.items():
+        for window, limit in ((HOUR, budget.per_hour), (DAY, budget.per_day)):
+            if limit is not None:
+                metrics.points_remaining.labels(name, window).set_function(
+                    functools.partial(points.remaining, name, window))
+    return points
