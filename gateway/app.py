@@ -38,7 +38,7 @@ from gateway.queue import Queue, open_queue
 from gateway.relay.pacing import Pacer
 from gateway.relay.relay import Relay, Sender
 from gateway.sites import Sites, single_site
-from gateway.upstream_gates import health_gate, site_points
+from gateway.upstream_gates import fleet_health_gate, health_gate, site_points
 
 if TYPE_CHECKING:
     from gateway.relay.fleet_pace import FleetPace
@@ -200,7 +200,8 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics.rate_limit_max.set(settings.rate)
     client = CalltouchClient(app[SESSION], settings.calltouch_url, settings.upstream_timeout)
     senders = _senders(app[SITES], settings.batch_linger)
-    health = health_gate(app[QUEUE], metrics, settings)
+    shared = None if fleet is None else await fleet_health_gate(app[QUEUE], metrics, settings)
+    health = shared or health_gate(app[QUEUE], metrics, settings)
     app[RELAY] = relay = Relay(
         app[QUEUE], client, senders, [health, pacer], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
@@ -213,6 +214,8 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("relay stopped unsent_in_flight=%d", unsent)
     if fleet is not None:  # after the relay, so that its last calls' stamps are recorded
         await fleet.close()
+    if shared is not None:  # and their answers, and a probe slot it holds freed
+        await shared.close()
 
 
 def _senders(sites: Sites, linger: float) -> list[Sender]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from typing import TYPE_CHECKING
 
 from gateway.config import Settings
 from gateway.ops.metrics import Metrics
@@ -13,6 +14,9 @@ from gateway.queue import DEFAULT_SITE, Queue
 from gateway.relay.health import Health
 from gateway.relay.points import DAY, HOUR, Budget, Points
 from gateway.sites import Sites
+
+if TYPE_CHECKING:
+    from gateway.relay.fleet_health import FleetHealth
 
 
 class Hastener:
@@ -35,6 +39,21 @@ def health_gate(queue: Queue, metrics: Metrics, settings: Settings) -> Health:
     healthy.set(1)
     return Health(on_change=lambda up: healthy.set(1 if up else 0), on_recovered=Hastener(queue),
                   probe_deadline=settings.upstream_timeout + 5.0)
+
+
+async def fleet_health_gate(queue: Queue, metrics: Metrics, settings: Settings) -> FleetHealth:
+    """The same gate for gateways on one PostgreSQL queue, its state kept in that database:
+    what one gateway of an egress sees, all see, and one probe goes for the whole fleet."""
+    from gateway.relay.fleet_health import FleetHealth  # asyncpg: only for those who use it
+    from gateway.relay.fleet_health_rules import Rules
+
+    healthy = metrics.upstream_healthy.labels(DEFAULT_SITE)
+    healthy.set(1)
+    return await FleetHealth.open(
+        settings.queue_url, settings.egress,
+        rules=Rules(probe_deadline=settings.upstream_timeout + 5.0),
+        on_change=lambda up: healthy.set(1 if up else 0), on_recovered=Hastener(queue),
+    )
 
 
 def site_points(queue: Queue, metrics: Metrics, settings: Settings, sites: Sites) -> Points:
