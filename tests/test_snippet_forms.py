@@ -261,16 +261,6 @@ async def test_bitrix_form_told_apart_by_labels(
     assert tab.errors == []
 
 
-# What it would take, tried and measured: the submit listener added to each open shadow root
-# the visitor uses (found in the composedPath of focusin and click, which are composed), a
-# load-capture listener for same-origin frames' documents, and a mark on the event so that two
-# listeners (or two snippets) make one lead. It passes both cases, at 2,220 bytes gzipped.
-OVER_BUDGET = "costs about {} bytes gzipped; the snippet is within 3 bytes of its 2,048-byte budget"
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "submit is not a composed event: a form's submit in a shadow root never reaches the "
-    "snippet's listener on document; listening in each shadow root " + OVER_BUDGET.format(60)))
 async def test_form_in_open_shadow_root(
     open_page: Opener, site: Site, http: aiohttp.ClientSession, sandbox: SandboxThread
 ) -> None:
@@ -287,10 +277,6 @@ async def test_form_in_open_shadow_root(
     assert tab.errors == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the snippet listens in its own document only: a framed page needs its own snippet tag, as "
-    "the install (one line on every page) says; listening in frames' documents "
-    + OVER_BUDGET.format(45)))
 async def test_form_in_same_origin_frame_without_the_snippet(
     open_page: Opener, site: Site, http: aiohttp.ClientSession, sandbox: SandboxThread
 ) -> None:
@@ -349,9 +335,6 @@ async def test_multi_step_form_with_plain_step_buttons(
     assert tab.errors == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a step's submit (its handler cancels it and shows the next step) cannot be told from a "
-    "final AJAX submit: the snippet sends the first step's contact as a lead of its own"))
 async def test_multi_step_form_with_submit_step_buttons(
     open_page: Opener, site: Site, http: aiohttp.ClientSession, sandbox: SandboxThread
 ) -> None:
