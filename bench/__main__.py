@@ -1,5 +1,5 @@
-"""``python -m bench {intake,relay,memory,all,flood,pg,fleet,deals}``: run, print a summary,
-save JSON.
+"""``python -m bench {intake,relay,memory,all,flood,pg,fleet,deals,recovery}``: run, print a
+summary, save JSON.
 
 Progress goes to stderr, the table to stdout, the full results (every round) to
 ``bench/results/<time>-<command>.json``.
@@ -15,7 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deals, fleet, flood, intake, memory, pg, relay, report, scrape, summary
+from bench import (
+    deals,
+    fleet,
+    flood,
+    intake,
+    memory,
+    pg,
+    recovery,
+    relay,
+    report,
+    scrape,
+    summary,
+)
 
 # The options' own defaults are the CLI's: one place to change them.
 _INTAKE, _RELAY = intake.IntakeOptions(), relay.RelayOptions()
@@ -23,6 +35,7 @@ _MEMORY, _FLOOD = memory.MemoryOptions(), flood.FloodOptions()
 _SCRAPE = scrape.ScrapeOptions()
 _PG, _FLEET = pg.PgOptions(), fleet.FleetOptions()
 _DEALS = deals.DealsOptions()
+_RECOVERY = recovery.RecoveryOptions()
 
 
 def _intake_args(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +115,22 @@ def _deals_args(parser: argparse.ArgumentParser) -> None:
                        help="intake rounds (0: none)")
 
 
+def _recovery_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recovery")
+    group.add_argument("--outages", default=",".join(f"{s:g}" for s in _RECOVERY.outages),
+                       help="outage lengths in seconds, comma-separated")
+    group.add_argument("--leads", type=int, default=_RECOVERY.leads,
+                       help="leads queued during each outage")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {"intake": [_intake_args], "relay": [_relay_args], "memory": [_memory_args],
                 "all": [_intake_args, _relay_args, _memory_args], "flood": [_flood_args],
-                "pg": [_pg_args], "fleet": [_fleet_args], "deals": [_deals_args]}
+                "pg": [_pg_args], "fleet": [_fleet_args], "deals": [_deals_args],
+                "recovery": [_recovery_args]}
     for name, adders in commands.items():
         command = sub.add_parser(name)
         command.add_argument("--dir", type=Path, default=None,
@@ -144,6 +166,10 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ndjson_lines=args.ndjson_lines, ndjson_baseline_lines=args.ndjson_baseline_lines,
             ndjson_rounds=args.ndjson_rounds,
         ), workdir / "deals")
+    if name == "recovery":
+        outages = tuple(float(s) for s in args.outages.split(","))
+        return recovery.run(recovery.RecoveryOptions(outages=outages, leads=args.leads),
+                            workdir / "recovery")
     if name == "flood":
         return flood.run(flood.FloodOptions(
             leads=args.flood_leads, rate=args.flood_rate, connections=args.junk_connections,
@@ -173,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = timings
     rows = summary.rows(results) + (flood.rows(results["flood"]) if "flood" in results else [])
     rows += deals.rows(results["deals"]) if "deals" in results else []
+    rows += recovery.rows(results["recovery"]) if "recovery" in results else []
     results["summary"] = [{**row.__dict__, "verdict": row.verdict} for row in rows]
     path = report.save(args.command, results)
     print(report.table(rows))
