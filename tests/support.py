@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,20 @@ def lead(n: int = 0, **extra: Any) -> dict[str, Any]:
         "requestNumber": f"req-{n}",
         **extra,
     }
+
+
+# The queue backends a gateway test runs on, as the ``params`` of its ``queue_url`` fixture.
+QUEUE_BACKENDS = ("sqlite", "postgresql")
+
+
+def queue_url_of(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store of the backend ``request.param`` names: a SQLite file in
+    ``tmp_path``, or a database of the session's PostgreSQL (``postgres_url``: skipped without
+    PostgreSQL, failed in CI)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 def need_binary(name: str) -> str:

@@ -1,7 +1,8 @@
 """The back office end to end: deals 2.0, comments and Calltouch's 1.0 paths, through a real
 gateway to the sandbox, on loopback.
 
-Each test ends by checking that the log lines it caused and the ops ``/metrics`` hold none of
+Every test runs on both queue backends (``queue_url``): a SQLite file, and a database of a real
+PostgreSQL. Each ends by checking that the log lines it caused and the ops ``/metrics`` hold none of
 the personal data, tokens or ``clientApiId`` it posted. The 2,000-deal run is in
 ``test_backoffice_slow.py``; the helpers here are shared with it.
 """
@@ -26,10 +27,12 @@ from gateway.config import Settings
 from gateway.sandbox.backoffice import BAD_DATE
 from tests.support import (
     LOG_LINES,
+    QUEUE_BACKENDS,
     TOKEN,
     Process,
     eventually,
     lead,
+    queue_url_of,
     sandbox_config,
     sandbox_requests,
     spawn_gateway,
@@ -56,11 +59,17 @@ _PHONE = re.compile(r"(?<!\d)[78]\d{10}(?!\d)")
 # --- helpers (test_backoffice_slow.py uses them too) ----------------------------------------
 
 
-def gateway_env(queue: Path, sandbox_url: str, **extra: str) -> dict[str, str]:
+@pytest.fixture(params=QUEUE_BACKENDS)
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store on each backend in turn."""
+    return queue_url_of(request, tmp_path)
+
+
+def gateway_env(queue_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
     return {
         "CTGW_SITE_ID": "18990",
         "CTGW_CALLTOUCH_URL": sandbox_url,
-        "CTGW_QUEUE": f"sqlite:///{queue}",
+        "CTGW_QUEUE": queue_url,
         "CTGW_LISTEN": "127.0.0.1:0",
         "CTGW_OPS_LISTEN": "127.0.0.1:0",
         "CTGW_API_TOKENS": TOKEN,
@@ -168,9 +177,9 @@ def lines_since(start: int) -> list[str]:
 
 
 @pytest.fixture
-def backoffice_settings(settings: Settings) -> Settings:
-    return replace(settings, access_token=ACCESS_TOKEN, client_api_id=CLIENT_API_ID,
-                   batch_linger=0.2)
+def backoffice_settings(settings: Settings, queue_url: str) -> Settings:
+    return replace(settings, queue_url=queue_url, access_token=ACCESS_TOKEN,
+                   client_api_id=CLIENT_API_ID, batch_linger=0.2)
 
 
 # --- 2: one item Calltouch refuses -------------------------------------------------------
@@ -387,12 +396,12 @@ async def test_an_unmodified_1_0_client_registers_updates_and_deletes_through_th
 
 
 async def test_a_sigkill_between_1_0_calls_loses_none_and_keeps_their_order(
-    tmp_path: Path, http: aiohttp.ClientSession, processes: list[Process],
+    queue_url: str, http: aiohttp.ClientSession, processes: list[Process],
 ) -> None:
     box, box_url = spawn_sandbox("0.0,0.02")
     processes.append(box)
     await sandbox_config(http, box_url, client_api_id=CLIENT_API_ID, fault="503")
-    env = gateway_env(tmp_path / "queue.db", box_url, CTGW_CLIENT_API_ID=CLIENT_API_ID,
+    env = gateway_env(queue_url, box_url, CTGW_CLIENT_API_ID=CLIENT_API_ID,
                       CTGW_LEASE_TIMEOUT="20s")
     first, url, ops = spawn_gateway(env)
     processes.append(first)
@@ -435,14 +444,13 @@ async def test_a_sigkill_between_1_0_calls_loses_none_and_keeps_their_order(
 
 
 async def test_a_wrong_access_token_burns_no_attempt_and_the_right_one_delivers_them_all(
-    tmp_path: Path, http: aiohttp.ClientSession, processes: list[Process],
+    queue_url: str, http: aiohttp.ClientSession, processes: list[Process],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     box, box_url = spawn_sandbox("0.0,0.02")
     processes.append(box)
     await sandbox_config(http, box_url, access_token=ACCESS_TOKEN)
-    queue = tmp_path / "queue.db"
-    wrong, url, ops = spawn_gateway(gateway_env(queue, box_url,
+    wrong, url, ops = spawn_gateway(gateway_env(queue_url, box_url,
                                                 CTGW_ACCESS_TOKEN=WRONG_ACCESS_TOKEN))
     processes.append(wrong)
     numbers = [f"auth-{i}" for i in range(4)]
@@ -466,7 +474,7 @@ async def test_a_wrong_access_token_burns_no_attempt_and_the_right_one_delivers_
     wrong.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(wrong.proc.wait, 15) == 0
 
-    right, url, right_ops = spawn_gateway(gateway_env(queue, box_url,
+    right, url, right_ops = spawn_gateway(gateway_env(queue_url, box_url,
                                                       CTGW_ACCESS_TOKEN=ACCESS_TOKEN))
     processes.append(right)
     begun = asyncio.get_running_loop().time()

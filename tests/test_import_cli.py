@@ -1,4 +1,5 @@
-"""``ct-gateway deals import``: a real CLI process posting a file to a real gateway."""
+"""``ct-gateway deals import``: a real CLI process posting a file to a real gateway, on each
+queue backend."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from gateway.config import Settings
 from gateway.queue import State, open_queue
 from tests.conftest import TOKEN
-from tests.support import Gateway
+from tests.support import QUEUE_BACKENDS, Gateway, queue_url_of
 from tests.test_cli import cli
 
 DEALS = 2_500  # three requests of 1,000 lines, the last one short
@@ -28,6 +30,12 @@ def write_file(path: Path, lines: list[str]) -> Path:
     return path
 
 
+@pytest.fixture(params=QUEUE_BACKENDS)
+def queue_settings(settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+                   ) -> Settings:
+    return dataclasses.replace(settings, queue_url=queue_url_of(request, tmp_path))
+
+
 async def held_jobs(settings: Settings) -> int:
     queue = await open_queue(settings.queue_url)
     try:
@@ -38,10 +46,11 @@ async def held_jobs(settings: Settings) -> int:
 
 
 async def test_an_import_queues_every_deal_once_and_again_adds_nothing(
-    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings, tmp_path: Path,
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], queue_settings: Settings,
+    tmp_path: Path,
 ) -> None:
     # The sandbox gets none of it: the point is the intake, not the relay.
-    quiet = dataclasses.replace(settings, access_token="sandbox-token", batch_linger=60.0,
+    quiet = dataclasses.replace(queue_settings, access_token="sandbox-token", batch_linger=60.0,
                                 calltouch_url="http://127.0.0.1:9")
     gw = await start_gateway(quiet)
     lines = [orjson.dumps(deal(n)).decode() for n in range(DEALS)]
@@ -62,9 +71,10 @@ async def test_an_import_queues_every_deal_once_and_again_adds_nothing(
 
 
 async def test_an_import_lists_the_bad_lines_by_their_line_in_the_file(
-    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings, tmp_path: Path,
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], queue_settings: Settings,
+    tmp_path: Path,
 ) -> None:
-    gw = await start_gateway(dataclasses.replace(settings, access_token="sandbox-token"))
+    gw = await start_gateway(dataclasses.replace(queue_settings, access_token="sandbox-token"))
     lines = [orjson.dumps(deal(n)).decode() for n in range(1500)]
     lines[1200] = '{"orderNumber": ""}'
     lines[3] = "not json"
