@@ -58,6 +58,7 @@ EXPECTED_ALERTS = {
     "BackOfficeDeadLetters",
     "CalltouchCredentialsRefused",
     "CalltouchDown",
+    "CalltouchPointsRefused",
 }
 # Grafana's built-in interval variables, and what stands in for them when checking PromQL.
 GRAFANA_INTERVALS = {"__rate_interval", "__interval", "__range"}
@@ -307,6 +308,7 @@ BACK_OFFICE_METRICS = (
 BOUNDED_LABELS = frozenset({
     "job", "instance", "le", "version", "channel", "outcome", "code", "signal", "reason",
     "state", "route", "status", "method", "kind", "site",  # site: a configured name
+    "window",  # "hour" | "day"
 })
 
 

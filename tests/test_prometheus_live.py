@@ -304,6 +304,7 @@ async def test_every_dashboard_and_alert_query_works_against_a_real_prometheus(
                 "CTGW_API_TOKENS": TOKEN,
                 "CTGW_ACCESS_TOKEN": ACCESS_TOKEN,
                 "CTGW_BATCH_LINGER": "200ms",
+                "CTGW_POINTS_PER_HOUR": "10000",  # so the points panels have a budget to show
             })
             processes.append(gateway_proc)
             with prometheus(binary, workdir, ops.removeprefix("http://")) as (prom, prom_proc):
