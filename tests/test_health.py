@@ -36,15 +36,60 @@ class Clock:
         return self.now
 
 
-def health(clock: Clock, recovered: list[int] | None = None) -> Health:
+def new_health(clock: Clock, recovered: list[int] | None = None) -> Health:
     hits = recovered if recovered is not None else []
     return Health(threshold=3, first_probe=1.0, max_probe=8.0, clock=clock,
                   on_recovered=lambda: hits.append(1))
 
 
+async def health(clock: Clock, recovered: list[int] | None = None) -> Health:
+    """A gate that has seen Calltouch answer once: it knows the upstream is up."""
+    gate = new_health(clock, recovered)
+    (await gate.admit("lead")).answered(UP)
+    return gate
+
+
+async def wake(gate: Health) -> None:
+    """The fake clock moved: let the gate's waiters look again."""
+    gate._changed.set()
+    for _ in range(10):  # the waiters' own turns of the loop
+        await asyncio.sleep(0)
+
+
+async def test_a_new_gate_sends_its_first_call_alone_and_lets_all_through_once_it_works() -> None:
+    clock, recovered = Clock(), []
+    gate = new_health(clock, recovered)
+    first = await gate.admit("lead")
+    blocked = [asyncio.create_task(gate.admit("lead")) for _ in range(5)]
+    await wake(gate)
+    assert first.probe and not any(task.done() for task in blocked)
+    first.answered(UP)
+    tickets = await asyncio.wait_for(asyncio.gather(*blocked), 1)
+    assert gate.healthy and not any(t.probe for t in tickets)
+    assert recovered == []  # nothing waited for an outage: nothing to hasten
+
+
+async def test_a_new_gate_whose_first_call_fails_is_down_at_once_and_probes_after_a_second(
+) -> None:
+    clock = Clock()
+    gate = new_health(clock)
+    first = await gate.admit("lead")
+    blocked = asyncio.create_task(gate.admit("lead"))
+    await wake(gate)
+    assert not blocked.done()
+    first.answered(DOWN)
+    assert not gate.healthy  # one failure, not three: a restart mid-outage sends no burst
+    clock.now += 0.99
+    await wake(gate)
+    assert not blocked.done()
+    clock.now += 0.02
+    await wake(gate)
+    assert (await asyncio.wait_for(blocked, 1)).probe
+
+
 async def test_three_outage_failures_take_it_down_and_a_429_or_a_4xx_does_not() -> None:
     clock = Clock()
-    gate = health(clock)
+    gate = await health(clock)
     for reply in (DOWN, DOWN, Reply(429, b"", Retry("rate_limited", "HTTP 429")), DOWN):
         (await gate.admit("lead")).answered(reply)
     assert gate.healthy  # the 429 broke the run of failures
@@ -56,7 +101,7 @@ async def test_three_outage_failures_take_it_down_and_a_429_or_a_4xx_does_not() 
 
 async def test_while_down_one_probe_at_a_time_at_a_growing_interval_up_to_the_cap() -> None:
     clock = Clock()
-    gate = health(clock)
+    gate = await health(clock)
     for _ in range(3):
         (await gate.admit("lead")).answered(DOWN)
     waiting = asyncio.create_task(gate.admit("lead"))
@@ -84,7 +129,7 @@ async def test_while_down_one_probe_at_a_time_at_a_growing_interval_up_to_the_ca
 
 async def test_a_probe_that_succeeds_lets_everyone_through_and_hastens_the_queue() -> None:
     clock, recovered = Clock(), []
-    gate = health(clock, recovered)
+    gate = await health(clock, recovered)
     for _ in range(3):
         (await gate.admit("lead")).answered(DOWN)
     clock.now += 1.0
@@ -146,3 +191,17 @@ async def test_an_outage_costs_few_calls_and_the_backlog_drains_at_full_rate_aft
               f" {recovery:.1f}s after it ended (ideal {ideal:.0f}s: {recovery / ideal:.2f}x)")
     assert during <= 15  # 3 to find it down, then probes at 1, 2, 4, 8, 8, … seconds
     assert recovery <= 1.2 * ideal + 8.0  # the probe interval's cap, then the pacer's rate
+
+
+async def test_a_first_call_never_made_holds_a_new_gate_only_a_first_probes_interval() -> None:
+    clock = Clock()
+    gate = new_health(clock)
+    first = await gate.admit("lead")  # its lease found nothing: it is never answered
+    assert first.probe
+    waiting = asyncio.create_task(gate.admit("lead"))
+    clock.now += 0.9
+    await wake(gate)
+    assert not waiting.done()
+    clock.now += 0.1  # first_probe = 1 s, not the 30 s deadline of a probe while down
+    await wake(gate)
+    assert waiting.done() and (await waiting).probe

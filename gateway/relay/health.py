@@ -7,6 +7,11 @@ first call that Calltouch answers (2xx, or any 4xx: it is up) makes it *up* agai
 ``on_recovered`` makes every job that backed off during the outage due at once, so the pacer
 drains them at its full rate instead of each waiting out its own backoff. A 429 is the pacer's
 business (pause and slow down), not an outage.
+
+A new gate (a gateway just started, perhaps restarted in the middle of an outage) does not
+know yet that Calltouch is up: its first call goes alone, as a probe, and its answer decides.
+Success lets every call through; a failure makes it *down* at once, its probes starting at
+``first_probe``, rather than after ``threshold`` calls that a burst would have sent together.
 """
 
 from __future__ import annotations
@@ -61,7 +66,13 @@ class Health:
         clock: Clock = time.monotonic,
     ) -> None:
         self.healthy = True
+        # Until the first answer: the threshold forgives a stray failure among calls known to
+        # work, and a new process knows of none (a restart mid-outage would send a burst).
+        self._known = False
         self._threshold = threshold
+        # The cap trades calls for delay: a 3-minute outage across a restart costs about
+        # 2 * (1 + 3 + 83 s / 8 s) ~ 28 calls, and its end is seen up to 8 s late (a cap of
+        # 4 s would see it within 4 s, for about 48 calls).
         self._first, self._max = first_probe, max_probe
         # A probe whose call never came (nothing left to lease) frees the slot after this.
         self._deadline = probe_deadline
@@ -74,11 +85,11 @@ class Health:
         self._changed = asyncio.Event()
 
     async def admit(self, kind: str) -> HealthTicket:
-        while not self.healthy:
+        while not (self.healthy and self._known):
             now = self._clock()
             if not self._probe_free(now):
-                until = (self._probe_since or now) + self._deadline
-            elif now >= self._next_probe:
+                until = (self._probe_since or now) + self._slot_deadline()
+            elif self.healthy or now >= self._next_probe:
                 self._probe_since = now
                 return HealthTicket(self, probe=True)
             else:
@@ -87,7 +98,12 @@ class Health:
         return HealthTicket(self, probe=False)
 
     def _probe_free(self, now: float) -> bool:
-        return self._probe_since is None or now - self._probe_since >= self._deadline
+        return self._probe_since is None or now - self._probe_since >= self._slot_deadline()
+
+    def _slot_deadline(self) -> float:
+        # A new gate's first call may never be made (another process leased its job): a
+        # start is not stalled the whole deadline for it, only a first probe's interval.
+        return self._deadline if self._known else self._first
 
     async def _wait(self, seconds: float) -> None:
         self._changed.clear()
@@ -97,10 +113,12 @@ class Health:
     def failed(self, probe: bool) -> None:
         self._failures += 1
         now = self._clock()
-        if self.healthy and self._failures >= self._threshold:
+        first, self._known = not self._known, True  # a new gate's first call is its probe
+        if self.healthy and (first or self._failures >= self._threshold):
             self.healthy = False
             self._interval = self._first
             self._next_probe = now + self._interval
+            self._probe_since = None
             log.error("calltouch is down after %d failures: one probe call at a time",
                       self._failures)
             self._on_change(False)
@@ -113,6 +131,10 @@ class Health:
 
     def succeeded(self) -> None:
         self._failures = 0
+        if not self._known:  # a new gate's first call: Calltouch is up, nothing was waiting
+            self._known = True
+            self._probe_since = None
+            self._changed.set()
         if self.healthy:
             return
         self.healthy = True
