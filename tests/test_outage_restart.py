@@ -4,9 +4,7 @@ and the backlog drains at the full rate once it answers again (issue 15)."""
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,20 +38,12 @@ def calltouch(processes: list[Process]) -> Iterator[str]:
     yield url
 
 
-@pytest.fixture
-def outlasts_faulthandler() -> None:
-    """The scenario outlasts ``faulthandler_timeout`` by design: dump stacks only near its own
-    timeout (pytest's plugin cancels the dump when the test ends)."""
-    faulthandler.dump_traceback_later(TIMEOUT - 20, file=sys.__stderr__)
-
-
 async def _sleep_until(started: float, offset: float) -> None:
     await asyncio.sleep(max(0.0, started + offset - time.monotonic()))  # the scenario's clock
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
-@pytest.mark.usefixtures("outlasts_faulthandler")
 async def test_an_outage_with_a_kill_in_it_costs_few_calls_loses_nothing_and_drains_fast(
     calltouch: str, processes: list[Process], http: aiohttp.ClientSession, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

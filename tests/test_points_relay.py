@@ -197,7 +197,7 @@ async def test_a_gateway_shows_a_refusal_for_points_and_its_end(
 
     async def shown() -> bool:
         return gw.metrics.registry.get_sample_value("ctgw_points_refused", refused) == 1
-    await eventually(shown, timeout=10)
+    await eventually(shown, timeout=30)
     assert gw.metrics.registry.get_sample_value(
         "ctgw_upstream_requests_total", {"method": "register", "outcome": REFUSED}) >= 1
     await sandbox_config(http, sandbox.url, fault=None)
@@ -205,9 +205,10 @@ async def test_a_gateway_shows_a_refusal_for_points_and_its_end(
     async def delivered() -> bool:
         rows = await sandbox_requests(http, sandbox.url)
         return sum(1 for row in rows if row["status"] == 200) == 3
-    await eventually(delivered, timeout=10)
-    assert gw.metrics.registry.get_sample_value("ctgw_points_refused", refused) == 0
-    assert gw.metrics.registry.get_sample_value("ctgw_points_spent_total", refused) == 3
-    remaining = gw.metrics.registry.get_sample_value(
-        "ctgw_points_remaining", {"site": "default", "window": "hour"})
-    assert remaining == 997
+    await eventually(delivered, timeout=30)
+    sample = gw.metrics.registry.get_sample_value
+    assert sample("ctgw_points_refused", refused) == 0
+    spent = sample("ctgw_points_spent_total", refused)
+    assert spent == 3, spent
+    remaining = sample("ctgw_points_remaining", {"site": "default", "window": "hour"})
+    assert remaining in (997, 1000), remaining  # 1000: the hour turned since
