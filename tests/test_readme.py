@@ -223,8 +223,10 @@ def snippet_attributes() -> set[str]:
     getter = re.search(r"(\w+)\s*=\s*\(?\w+\)?\s*=>\s*\w+\.getAttribute\(\s*\"data-\"\s*\+", source)
     assert getter, "the snippet's data-* getter moved"
     on_tag = re.findall(rf"\b{re.escape(getter[1])}\(\s*\"([a-z-]+)\"\s*\)", source)
-    on_page = re.findall(r"dataset\.ct(\w+)|\"ct(\w+)\"\s*in\s+[\w.]*dataset", source)
-    kebab = {re.sub(r"(?<!^)([A-Z])", r"-\1", a or b).lower() for a, b in on_page}
+    # The build may keep a field's dataset in a variable of one letter: read its property names.
+    on_page = re.findall(r"\b\w+\.ct([A-Z]\w*)\b(?!\()|\"ct([A-Z]\w*)\"\s*in\s+[\w.]+", source)
+    names = {a or b for a, b in on_page} - {"Leads"}  # window.ctLeads: the API, not markup
+    kebab = {re.sub(r"(?<!^)([A-Z])", r"-\1", name).lower() for name in names}
     return {f"data-{name}" for name in on_tag} | {f"data-ct-{name}" for name in kebab}
 
 
