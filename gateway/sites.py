@@ -13,6 +13,8 @@
     timezone = "Asia/Yekaterinburg"     # optional IANA zone, default Europe/Moscow
     points_per_hour = 500               # optional positive integers
     points_per_day = 5000
+    points_reserve = "20%"              # optional share of the hour kept for leads (0.2 too;
+                                        # default CTGW_POINTS_RESERVE)
     deal_fallback_source = "offline"    # optional text: a deal no lead matched
 
     [sites.blog]
@@ -68,6 +70,7 @@ from gateway.config import (
     parse_timezone,
     parse_url,
 )
+from gateway.config_points import parse_reserve
 from gateway.queue.base import DEFAULT_SITE
 
 T = TypeVar("T")
@@ -86,7 +89,8 @@ _TOKEN_FORM = 'expected NAME = {token = "...", sites = ["..."]}'  # noqa: S105 -
 _MAX_SECRET_FILE = 4096  # bytes: more is not a credential (and /dev/zero must not hang us)
 _TOP_KEYS = ("sites", "tokens")
 _SITE_KEYS = ("site_id", "mod_id", "hosts", "allowed_origins", "access_token", "client_api_id",
-              "timezone", "points_per_hour", "points_per_day", "deal_fallback_source")
+              "timezone", "points_per_hour", "points_per_day", "points_reserve",
+              "deal_fallback_source")
 _TOKEN_KEYS = ("token", "sites")
 _TOML_AT = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)\Z")
 
@@ -116,6 +120,7 @@ class Site:
     timezone: str = DEFAULT_TIMEZONE
     points_per_hour: int | None = None
     points_per_day: int | None = None
+    points_reserve: float | None = None  # None: the gateway's CTGW_POINTS_RESERVE
     deal_fallback_source: str | None = None
 
 
@@ -315,6 +320,7 @@ def _load_site(name: str, raw: object, at: _At) -> Site:
         timezone=_get(raw, "timezone", at, _parsed(parse_timezone)) or DEFAULT_TIMEZONE,
         points_per_hour=_get(raw, "points_per_hour", at, _positive),
         points_per_day=_get(raw, "points_per_day", at, _positive),
+        points_reserve=_get(raw, "points_reserve", at, _share),
         deal_fallback_source=_get(raw, "deal_fallback_source", at, _parsed(_text)),
     )
 
@@ -400,6 +406,12 @@ def _positive(raw: object, at: _At, key: str) -> int:
         shown = repr(raw) if isinstance(raw, int | float | str) else _kind(raw)
         raise at.error(key, f"expected a whole number above 0 (got {shown})")
     return raw
+
+
+def _share(raw: object, at: _At, key: str) -> float:
+    """A share of the hour, as CTGW_POINTS_RESERVE takes it: ``"10%"`` or ``0.1``."""
+    text = str(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else raw
+    return _parsed(parse_reserve)(text, at, key)
 
 
 def _strings(raw: object, at: _At, key: str, example: str) -> list[str]:

@@ -56,15 +56,23 @@ async def fleet_health_gate(queue: Queue, metrics: Metrics, settings: Settings) 
     )
 
 
+def site_budgets(sites: Sites, reserve: float) -> dict[str, Budget]:
+    """The budget of every site that has one; a site's own ``points_reserve`` overrides the
+    gateway's ``reserve``."""
+    return {
+        name: Budget(site.points_per_hour, site.points_per_day,
+                     reserve if site.points_reserve is None else site.points_reserve,
+                     site.timezone)
+        for name, site in sites.sites.items()
+        if site.points_per_hour is not None or site.points_per_day is not None
+    }
+
+
 def site_points(queue: Queue, metrics: Metrics, settings: Settings, sites: Sites) -> Points:
     """Each site's budgets and spending, shown by ``ctgw_points_*``; a site Calltouch refused
     for points has its waiting jobs made due once it may spend again."""
     config = settings.points
-    budgets = {
-        name: Budget(site.points_per_hour, site.points_per_day, config.reserve, site.timezone)
-        for name, site in sites.sites.items()
-        if site.points_per_hour is not None or site.points_per_day is not None
-    }
+    budgets = site_budgets(sites, config.reserve)
     hasten = Hastener(queue)
 
     def refused(site: str, now_refused: bool) -> None:

@@ -15,6 +15,8 @@ from gateway.calltouch.client import Reply
 from gateway.config import ConfigError, from_env
 from gateway.config_points import parse_costs, parse_reserve
 from gateway.relay.points import DAY, HOUR, REFUSED, Budget, Points, windows
+from gateway.sites import Site, Sites
+from gateway.upstream_gates import site_budgets
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 LEAD, DEAL = "lead", "deal.create"
@@ -217,3 +219,13 @@ def test_env_budgets_and_a_sites_file_are_not_both_allowed() -> None:
 def test_parsers() -> None:
     assert parse_reserve("0") == 0 and parse_reserve("0.25") == 0.25
     assert parse_costs("") == {}
+
+
+def test_a_sites_own_reserve_overrides_the_gateways() -> None:
+    sites = Sites({
+        "shop": Site("shop", "1", hosts=("shop.ru",), points_per_hour=1000, points_reserve=0.3),
+        "blog": Site("blog", "2", hosts=("blog.ru",), points_per_hour=1000),
+        "free": Site("free", "3", hosts=("free.ru",)),  # no budget: nothing to count
+    })
+    budgets = site_budgets(sites, reserve=0.1)
+    assert {name: budget.reserved for name, budget in budgets.items()} == {"shop": 300, "blog": 100}

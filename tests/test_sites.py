@@ -26,6 +26,7 @@ client_api_id = "{API_ID}"
 timezone = "Asia/Yekaterinburg"
 points_per_hour = 500
 points_per_day = 5000
+points_reserve = "20%"
 deal_fallback_source = "оффлайн"
 
 [sites.blog-2]
@@ -83,6 +84,7 @@ def test_two_sites(tmp_path: Path) -> None:
         timezone="Asia/Yekaterinburg",
         points_per_hour=500,
         points_per_day=5000,
+        points_reserve=0.2,
         deal_fallback_source="оффлайн",
     )
     assert sites.sites["blog-2"] == Site(
@@ -214,6 +216,9 @@ SITE = '[sites.shop]\nsite_id = "1"\nhosts = ["shop.ru"]\n'
     (SITE + 'points_per_day = "100"\n', "[sites.shop] points_per_day", "above 0 (got '100')"),
     (SITE + "points_per_day = 1.5\n", "[sites.shop] points_per_day", "above 0 (got 1.5)"),
     (SITE + "points_per_day = true\n", "[sites.shop] points_per_day", "above 0"),
+    (SITE + "points_reserve = 1\n", "[sites.shop] points_reserve", "or 0.1 (got '1')"),
+    (SITE + 'points_reserve = "-5%"\n', "[sites.shop] points_reserve", "e.g. 10% or 0.1"),
+    (SITE + "points_reserve = true\n", "[sites.shop] points_reserve", "a string, not"),
     (SITE + 'deal_fallback_source = " "\n', "[sites.shop] deal_fallback_source", "some text"),
     (SITE + f'deal_fallback_source = "{"x" * 300}"\n', "[sites.shop] deal_fallback_source",
      "at most 256"),
