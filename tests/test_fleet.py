@@ -261,11 +261,10 @@ async def test_three_gateways_one_killed_deliver_every_acknowledged_lead_at_one_
             assert row["done_at"] <= killed_wall + SANDBOX_LATENCY + 2.0, row
     survivors = [proc for proc, _, _ in fleet if proc is not victim]
     assert all(proc.proc.poll() is None for proc in survivors)
-    # The 0.95 is what `python -m bench fleet` shows on its own (0.96-0.97x). Here three
-    # gateways, PostgreSQL and two sandboxes share two cores with the test, and a window costs
-    # its database round trips (1.048 s a window against the pace's 1.03 s): 0.937-0.955x
-    # in five runs, so the bound this test holds is 0.93.
-    assert alive_rate >= 0.93 * RATE, alive_rate
+    # Three gateways, PostgreSQL and two sandboxes share two cores with the test. A grant is
+    # taken ahead of its moment and a stamp is its write's own moment, so the pace's trips to
+    # the database cost the window nothing; the lease's still do.
+    assert alive_rate >= 0.95 * RATE, alive_rate
 
 
 @pytest.fixture

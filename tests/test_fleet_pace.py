@@ -117,6 +117,55 @@ async def test_a_dead_gateways_slots_hold_the_window_for_the_bound_at_most(
     assert alive.window + 0.3 - 0.05 <= waited < alive.window + 0.3 + 0.3, waited
 
 
+CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+SLOT = "SELECT granted_at, written_at FROM pace_slots WHERE egress = 'default' AND n = $1"
+
+
+async def test_a_stamp_is_the_writes_moment_not_the_reports(
+    open_pace: OpenPace, postgres_url: str,
+) -> None:
+    pace = await open_pace()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        slot = await pace.admit("lead")
+        # The report is held up for 0.5 s (the row is locked): its stamp is still the write's.
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM pace_slots WHERE n = $1 FOR UPDATE", slot.n)
+            before = await conn.fetchval(CLOCK)
+            slot.written(time.monotonic())
+            after = await conn.fetchval(CLOCK)
+            await asyncio.sleep(0.5)
+        await pace.flush()
+        stamp = (await conn.fetchrow(SLOT, slot.n))["written_at"]
+        # Never before the write; later only by the grant's one-way trip to the database.
+        assert before <= stamp <= after + 0.02, (before, stamp, after)
+    finally:
+        await conn.close()
+
+
+async def test_a_grant_is_taken_ahead_and_its_call_goes_at_its_moment(
+    open_pace: OpenPace, postgres_url: str,
+) -> None:
+    pace = await open_pace(ahead=0.3)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        first = [await pace.admit("lead") for _ in range(5)]
+        for slot in first:
+            slot.written(time.monotonic())
+        await pace.flush()
+        stamp = min([(await conn.fetchrow(SLOT, slot.n))["written_at"] for slot in first])
+        sixth = await pace.admit("lead")
+        gone_at = await conn.fetchval(CLOCK)
+        granted_at = (await conn.fetchrow(SLOT, sixth.n))["granted_at"]
+        # Granted for the moment the first of them left the window, not whenever the grant's
+        # statements ran; and admit let it go only once the database's clock had passed it.
+        assert granted_at == pytest.approx(stamp + pace.window, abs=1e-6), (granted_at, stamp)
+        assert gone_at >= granted_at, (gone_at, granted_at)
+        sixth.written(time.monotonic())
+    finally:
+        await conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

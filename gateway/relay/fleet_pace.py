@@ -3,11 +3,19 @@
 Gateways with the same ``CTGW_EGRESS`` leave through one IP, so Calltouch counts their calls
 together. Each grant, on whichever gateway, runs in one transaction holding the egress row's
 lock: it reads the slots that may still be in a window and grants only if they are fewer than
-``count``. A slot is in the window until a window after its stamp; the stamp is the database's
-clock when the gateway reports the write (after it, so never earlier), and a slot granted but
-never stamped (its gateway died) counts as written at its grant + ``bound``. At grant time every
-call that could share a window with the new one is either unstamped or stamped within the last
+``count``. A slot is in the window until a window after its stamp, and a slot granted but never
+stamped (its gateway died) counts as written at its grant + ``bound``. At grant time every call
+that could share a window with the new one is either unstamped or stamped within the last
 window, so no sliding window, measured on one clock, holds more than ``count`` calls.
+
+The one clock is the database's. A stamp is the write's moment on it, bounded from above: the
+gateway's own clock at the write, plus the most the database's clock can be ahead of the
+gateway's, which the grant measured (the database read its clock after the gateway sent the
+statement). So a stamp is never earlier than its write, nor later by the time a report takes to
+reach the database. A grant may also be taken up to ``ahead`` before its moment, while the
+window is still full: its statements and their commit then run in time the slot would have
+waited anyway, and the gateway lets its call go at that moment, by its own clock, reckoned so
+that the database's clock has passed the moment by then.
 
 A 429 anywhere pauses and halves the rate for the fleet; successes climb it back, as the Pacer
 does. Tickets report writes and answers without waiting: one task applies them in order. With
@@ -21,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,21 +55,33 @@ _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClient
 
 
 class FleetSlot:
-    """One granted call: a :class:`~gateway.relay.gates.Ticket` of the fleet pace."""
+    """One granted call: a :class:`~gateway.relay.gates.Ticket` of the fleet pace.
 
-    __slots__ = ("_pace", "_stamped", "n")
+    ``ready_at`` is when the call may go, and ``ahead_by`` the most the database's clock is
+    ahead of this host's; both as measured by the grant, on this host's monotonic clock.
+    """
 
-    def __init__(self, pace: FleetPace, n: int) -> None:
+    __slots__ = ("_pace", "_stamped", "ahead_by", "n", "ready_at")
+
+    def __init__(self, pace: FleetPace, n: int, ready_at: float, ahead_by: float) -> None:
         self.n = n
+        self.ready_at = ready_at
+        self.ahead_by = ahead_by
         self._pace = pace
         self._stamped = False
 
+    async def ready(self) -> None:
+        """Wait for the slot's moment; a wait cut short gives the slot back."""
+        try:
+            await asyncio.sleep(self.ready_at - time.monotonic())
+        except asyncio.CancelledError:
+            self.written(time.monotonic())
+            raise
+
     def written(self, at: float) -> None:
-        # ``at`` is this host's clock, which no other gateway can compare with: the database
-        # stamps the slot with its own clock when the update runs, after the write.
         if not self._stamped:
             self._stamped = True
-            self._pace.record(sql.STAMPED, self.n)
+            self._pace.record(sql.STAMPED, self.n, at + self.ahead_by)
 
     def answered(self, reply: Reply) -> None:
         failure = reply.failure
@@ -81,6 +102,7 @@ class FleetPace:
         *,
         bound: float = 20.0,
         margin: float = 0.03,
+        ahead: float = 0.1,
         recovery: float = 0.5,
         retry: float = 1.0,
     ) -> None:
@@ -90,11 +112,12 @@ class FleetPace:
         self.count = max(1, math.floor(rate))
         self.window = self.count / rate + margin  # as the Pacer's: the margin absorbs jitter
         self.bound = bound
+        self.ahead = ahead
         self._recovery = recovery
         self._retry = retry
         self._pool = pool
         self._turns = Turns()
-        self._todo: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+        self._todo: asyncio.Queue[sql.News] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._prepared = False
         self._failing = False
@@ -124,6 +147,7 @@ class FleetPace:
             while True:
                 got = await self._attempt()
                 if isinstance(got, FleetSlot):
+                    await got.ready()
                     return got
                 await asyncio.sleep(got)
 
@@ -153,17 +177,23 @@ class FleetPace:
                 if egress is None:  # the row was removed: make it again, then look
                     self._prepared = False
                     return 0.0
+                sent = time.monotonic()
                 slots = await conn.fetch(sql.SLOTS, self.egress)
+                received = time.monotonic()
                 now = float(slots[0]["now"])
                 self.current = min(self.limit, float(egress["rate"]))
                 delay = self._delay(egress, slots, now)
-                if delay > 0:
-                    return delay
-                n = await conn.fetchval(sql.GRANT, self.egress, now, self.bound, self.window)
+                if delay > self.ahead:
+                    return delay - self.ahead
+                at = now + max(0.0, delay)
+                n = await conn.fetchval(sql.GRANT, self.egress, at, now, self.bound,
+                                        self.window)
         if self._failing:
             log.info("fleet pace reaches the database again egress=%s", self.egress)
             self._failing = False
-        return FleetSlot(self, int(n))
+        # The database read ``now`` between ``sent`` and ``received``: by ``received`` + the
+        # delay its clock has passed ``at``, and it is at most ``now - sent`` ahead of ours.
+        return FleetSlot(self, int(n), received + (at - now), now - sent)
 
     def _delay(self, egress: Any, slots: Sequence[Any], now: float) -> float:
         if self.current < self.limit:  # below the limit, grants are also spaced
@@ -191,15 +221,15 @@ class FleetPace:
         if excess < 0:
             return -math.inf
         leaving.sort()
-        # Stamps still to come are no earlier than now, so those slots stay a window from now
-        # at least, and the stamped ones leave before them: look again then.
+        # The window is full of slots not yet stamped, whose calls may be in flight or about
+        # to leave: look again a window from now.
         return leaving[excess] if excess < len(leaving) else now + self.window
 
-    def record(self, what: str, value: float) -> None:
+    def record(self, what: str, value: float, at: float = 0.0) -> None:
         """Have the database record a ticket's news, in order, without making it wait."""
         if self._closed:  # too late: an unstamped slot counts as written at the bound
             return
-        self._todo.put_nowait((what, value))
+        self._todo.put_nowait(sql.News(what, value, at))
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"ctgw-pace-{self.egress}")
 
@@ -216,10 +246,9 @@ class FleetPace:
             for _ in batch:
                 self._todo.task_done()
 
-    async def _apply_until_done(self, batch: list[tuple[str, float]]) -> None:
-        # A stamp is taken when it finally runs: later than the write, so still safe. A batch
-        # cut off after its commit is applied again; stamps are idempotent, a halving is not,
-        # and one halving too many is the cautious way to be wrong.
+    async def _apply_until_done(self, batch: list[sql.News]) -> None:
+        # A batch cut off after its commit is applied again; stamps are idempotent, a halving
+        # is not, and one halving too many is the cautious way to be wrong.
         while True:
             try:
                 async with self._pool.acquire() as conn:
@@ -233,7 +262,7 @@ class FleetPace:
                 self._prepared = False
                 await asyncio.sleep(self._retry)
 
-    async def _apply(self, conn: Any, batch: list[tuple[str, float]]) -> None:
+    async def _apply(self, conn: Any, batch: list[sql.News]) -> None:
         rate = await sql.record(conn, self.egress, batch, self.limit, self._recovery)
         if rate is not None:
             self.current = min(self.limit, rate)
@@ -263,4 +292,4 @@ def _give_back(attempt: asyncio.Future[FleetSlot | float]) -> None:
     if not attempt.cancelled() and attempt.exception() is None:
         got = attempt.result()
         if isinstance(got, FleetSlot):
-            got.written(0.0)
+            got.written(time.monotonic())

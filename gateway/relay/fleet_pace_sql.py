@@ -8,10 +8,18 @@ window needs one clock. Parameters are cast where PostgreSQL would otherwise gue
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 # What a ticket has the database record, with its value: the slot's number, the pause, none.
 STAMPED, LIMITED, SUCCEEDED = "stamped", "limited", "succeeded"
+
+
+class News(NamedTuple):
+    """One thing to record; ``at`` is a stamp's moment, on the database's clock."""
+
+    what: str
+    value: float
+    at: float = 0.0
 
 # Gateways starting together each run the CREATEs; without the lock, two CREATE TABLE IF NOT
 # EXISTS racing can still fail on the catalogue's unique index.
@@ -56,8 +64,9 @@ FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS t
 LEFT JOIN pace_slots AS s ON s.egress = $1
 """
 
-# $2 now, $3 the bound, $4 the window. A slot whose stamp (or grant + bound, unstamped) is a
-# window old can hold back no later grant: it goes.
+# $2 the grant's moment (now, or a little later), $3 now, $4 the bound, $5 the window. A slot
+# whose stamp (or grant + bound, unstamped) is a window old now can hold back no later grant:
+# it goes.
 GRANT = """
 WITH e AS (
     UPDATE pace_egress SET next_n = next_n + 1, last_grant = $2::float8
@@ -66,15 +75,17 @@ WITH e AS (
 ), gone AS (
     DELETE FROM pace_slots
     WHERE egress = $1
-      AND coalesce(written_at, granted_at + $3::float8) <= $2::float8 - $4::float8
+      AND coalesce(written_at, granted_at + $4::float8) <= $3::float8 - $5::float8
 )
 INSERT INTO pace_slots (egress, n, granted_at) SELECT $1, n, $2::float8 FROM e RETURNING n
 """
 
-# Taken when the statement runs, after the call's bytes left: never earlier than the write.
+# $2 the slots, $3 their stamps. No call leaves before its grant's moment: a stamp before it
+# is a slot given back unused, which may then hold the window from its grant only.
 _STAMP = """
-UPDATE pace_slots SET written_at = extract(epoch FROM clock_timestamp())::float8
-WHERE egress = $1 AND n = ANY($2::bigint[]) AND written_at IS NULL
+UPDATE pace_slots AS p SET written_at = greatest(s.at, p.granted_at)
+FROM unnest($2::bigint[], $3::float8[]) AS s(n, at)
+WHERE p.egress = $1 AND p.n = s.n AND p.written_at IS NULL
 """
 
 # $2 the limit, $3 the pause. Pause everyone, halve the rate, never below an eighth.
@@ -105,15 +116,16 @@ async def prepare(conn: Any, egress: str, rate: float) -> None:
 
 
 async def record(
-    conn: Any, egress: str, batch: Sequence[tuple[str, float]], limit: float, step: float
+    conn: Any, egress: str, batch: Sequence[News], limit: float, step: float
 ) -> float | None:
     """The stamps of ``batch`` in one statement, then its answers in order; the rate they
     left, or None when none of them changed it (at the limit, or still paused)."""
-    stamps = [int(value) for what, value in batch if what == STAMPED]
+    stamps = [news for news in batch if news.what == STAMPED]
     if stamps:
-        await conn.execute(_STAMP, egress, stamps)
+        await conn.execute(_STAMP, egress, [int(news.value) for news in stamps],
+                           [news.at for news in stamps])
     rate: float | None = None
-    for what, value in batch:
+    for what, value, _ in batch:
         if what == LIMITED:
             changed = await conn.fetchval(_LIMITED, egress, limit, value)
         elif what == SUCCEEDED:
