@@ -94,6 +94,8 @@ def _fleet_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fleet-leads", type=int, default=_FLEET.leads, help="leads per point")
     group.add_argument("--fleet-sizes", default=",".join(map(str, _FLEET.sizes)),
                        help="gateway counts, comma-separated")
+    group.add_argument("--fleet-db-rtt", type=float, default=_FLEET.db_rtt * 1000,
+                       help="milliseconds added to each round trip to the database")
 
 
 def _deals_args(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +159,8 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                       workdir / "pg")
     if name == "fleet":
         sizes = tuple(int(size) for size in args.fleet_sizes.split(","))
-        return fleet.run(fleet.FleetOptions(leads=args.fleet_leads, sizes=sizes),
+        return fleet.run(fleet.FleetOptions(leads=args.fleet_leads, sizes=sizes,
+                                            db_rtt=args.fleet_db_rtt / 1000),
                          workdir / "fleet")
     if name == "deals":
         return deals.run(deals.DealsOptions(

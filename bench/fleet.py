@@ -7,7 +7,8 @@ sandbox process answering in 0.3-0.9 s, and N gateways on that database with the
 load balancer would spread them; the clock starts at the first 202 and stops at the sandbox's
 arrival of the last lead it answered 200 (one ``CLOCK_MONOTONIC`` for every process). The
 ideal is leads / rate: the pace is the fleet's, so more gateways may not drain faster, only
-keep to it.
+keep to it. ``--fleet-db-rtt MS`` puts the database a round trip of MS away from the gateways
+(:mod:`bench.delay`), as a fleet across data centres has it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import pg, probe, procs, relay
+from bench import delay, pg, probe, procs, relay
 from bench.report import say
 
 EGRESS = "bench-nat"
@@ -32,6 +33,7 @@ class FleetOptions:
     latency: tuple[float, float] = (0.3, 0.9)
     rate: float = 5.0
     post_concurrency: int = 32
+    db_rtt: float = 0.0  # seconds added to each round trip to the database
 
 
 async def _post_across(urls: list[str], n: int, concurrency: int) -> dict[str, Any]:
@@ -69,8 +71,12 @@ def _point(size: int, opts: FleetOptions, workdir: Path, server: pg.Cluster) -> 
     relay_opts = relay.RelayOptions(leads=opts.leads, latency=opts.latency, rate=opts.rate)
     try:
         with procs.sandbox(workdir, opts.latency) as sandbox, contextlib.ExitStack() as stack:
+            url = server.url(database)
+            if opts.db_rtt > 0:
+                port = stack.enter_context(delay.relay(server.port, opts.db_rtt))
+                url = url.replace(f":{server.port}/", f":{port}/")
             extra = {"CTGW_CALLTOUCH_URL": sandbox.url, "CTGW_SITE_ID": procs.SITE_ID,
-                     "CTGW_RATE": f"{opts.rate:g}", "CTGW_QUEUE": server.url(database),
+                     "CTGW_RATE": f"{opts.rate:g}", "CTGW_QUEUE": url,
                      "CTGW_EGRESS": EGRESS}
             gateways = []
             for g in range(size):
@@ -95,7 +101,8 @@ def _point(size: int, opts: FleetOptions, workdir: Path, server: pg.Cluster) -> 
 
 def run(opts: FleetOptions, workdir: Path) -> dict[str, Any]:
     say(f"fleet: {opts.leads} leads for each of {list(opts.sizes)} gateways on one PostgreSQL, "
-        f"limit {opts.rate:g}/s, sandbox latency {opts.latency}")
+        f"limit {opts.rate:g}/s, sandbox latency {opts.latency}, "
+        f"database round trip +{opts.db_rtt * 1000:g} ms")
     workdir.mkdir(parents=True)
     points = []
     with pg.cluster(workdir) as server:
@@ -107,4 +114,5 @@ def run(opts: FleetOptions, workdir: Path) -> dict[str, Any]:
                 f"429s={row['rate_limited_429']}, max_in_window={row['max_in_window']}, "
                 f"duplicates={row['duplicates']}, delivered by {row['delivered_by_gateway']}")
     return {"leads": opts.leads, "rate": opts.rate, "latency": opts.latency,
+            "db_rtt": opts.db_rtt,
             "ideal_seconds": opts.leads / opts.rate, "points": points}
