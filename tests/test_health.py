@@ -13,7 +13,8 @@ import pytest
 from gateway.calltouch.answers import Permanent, Retry
 from gateway.calltouch.client import Reply
 from gateway.config import Settings
-from gateway.relay.health import Health
+from gateway.relay.gates import admit_all
+from gateway.relay.health import Health, HealthTicket
 from gateway.sandbox.server import SandboxThread
 from tests.support import (
     Gateway,
@@ -54,6 +55,54 @@ async def wake(gate: Health) -> None:
     gate._changed.set()
     for _ in range(10):  # the waiters' own turns of the loop
         await asyncio.sleep(0)
+
+
+class HeldTicket:
+    def __init__(self, gate: HeldGate) -> None:
+        self._gate = gate
+
+    def written(self, at: float) -> None:
+        self._gate.given_back += 1
+
+    def answered(self, reply: Reply) -> None:
+        pass
+
+    def current(self) -> bool:
+        return True
+
+
+class HeldGate:
+    """A gate after health that holds each call until released: the pacer, its window full."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.release = asyncio.Semaphore(0)
+        self.given_back = 0
+
+    async def admit(self, kind: str) -> HeldTicket:
+        self.holding.set()
+        await self.release.acquire()
+        return HeldTicket(self)
+
+
+async def test_a_call_let_through_before_an_outage_does_not_go_into_it() -> None:
+    clock = Clock()
+    gate, pacer = await health(clock), HeldGate()
+    admitted = asyncio.create_task(admit_all([gate, pacer], "lead"))
+    await pacer.holding.wait()  # through the health gate, now held by the pacer
+    for _ in range(3):
+        (await gate.admit("lead")).answered(DOWN)
+    assert not gate.healthy
+    pacer.release.release()
+    await wake(gate)
+    # Started over: the pacer's slot given back, the call waiting for the probe slot.
+    assert not admitted.done() and pacer.given_back == 1
+    clock.now += 1.0
+    await wake(gate)
+    pacer.release.release()
+    tickets = await asyncio.wait_for(admitted, 1)
+    probe = tickets[0]
+    assert isinstance(probe, HealthTicket) and probe.probe and len(tickets) == 2  # as the probe
 
 
 async def test_a_new_gate_sends_its_first_call_alone_and_lets_all_through_once_it_works() -> None:

@@ -64,6 +64,9 @@ class FleetHealthTicket:
         outage = isinstance(failure, Retry) and failure.code in OUTAGE_CODES
         self._health.record(outage, self._token)
 
+    def current(self) -> bool:
+        return self.probe or self._health.healthy
+
 
 class FleetHealth:
     """The health of Calltouch as every gateway of ``egress`` sees it."""

@@ -90,6 +90,9 @@ class FleetSlot:
         elif failure is None:  # a 2xx: Calltouch took the call, whatever its items say
             self._pace.record(sql.SUCCEEDED, 0.0)
 
+    def current(self) -> bool:
+        return True  # a pace's grant holds until it is used or given back
+
 
 class FleetPace:
     """At most ``rate`` calls in every sliding second across the gateways of ``egress``."""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
@@ -30,6 +31,10 @@ class Ticket(Protocol):
     def answered(self, reply: Reply) -> None:
         """What the call got back; not called for a call that was never made."""
 
+    def current(self) -> bool:
+        """Whether the call may still go as admitted. False when its gate changed its mind
+        while later gates made the call wait: Calltouch went down meanwhile."""
+
 
 class Gate(Protocol):
     async def admit(self, kind: str) -> Ticket:
@@ -37,7 +42,18 @@ class Gate(Protocol):
 
 
 async def admit_all(gates: Sequence[Gate], kind: str) -> list[Ticket]:
-    """A ticket from every gate, in order; the ones taken are given back if one fails."""
+    """A ticket from every gate, in order, each still current once the last is taken; the
+    ones taken are given back if one fails."""
+    while True:
+        tickets = await _admit_each(gates, kind)
+        if all(ticket.current() for ticket in tickets):
+            return tickets
+        # A call the health gate let through before Calltouch went down, then held by the
+        # pacer for up to a window, would be one more call into the outage: start over.
+        abandon(tickets, time.monotonic())
+
+
+async def _admit_each(gates: Sequence[Gate], kind: str) -> list[Ticket]:
     tickets: list[Ticket] = []
     try:
         for gate in gates:

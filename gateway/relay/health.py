@@ -50,6 +50,9 @@ class HealthTicket:
         else:
             self._health.succeeded()
 
+    def current(self) -> bool:
+        return self.probe or self._health.healthy
+
 
 class Health:
     """The health of one upstream (Calltouch for this gateway)."""
