@@ -33,7 +33,8 @@ from bench.report import Row, say
 
 TOKEN = "bench-flood-token-0123456789"
 _RECEIVED = re.compile(
-    r'^ctgw_leads_received_total\{channel="(\w+)",outcome="(\w+)"\} (\S+)$', re.MULTILINE)
+    r'^ctgw_leads_received_total\{channel="(\w+)",outcome="(\w+)",site="[^"]*"\} (\S+)$',
+    re.MULTILINE)
 _REFUSED = re.compile(r"^ctgw_http_connections_refused_total (\S+)$", re.MULTILINE)
 
 
@@ -115,7 +116,10 @@ def _real(n: int, prefix: str) -> tuple[str, bytes]:
 
 def _gateway_counts(gateway: procs.Proc) -> dict[str, Any]:
     text = procs.http("GET", f"{gateway.ops_url}/metrics")[1].decode()
-    received = {f"{c}/{o}": int(float(v)) for c, o, v in _RECEIVED.findall(text) if float(v)}
+    received: dict[str, int] = {}
+    for c, o, v in _RECEIVED.findall(text):  # every site's, the unrouted ("") ones too
+        if float(v):
+            received[f"{c}/{o}"] = received.get(f"{c}/{o}", 0) + int(float(v))
     refused = _REFUSED.search(text)
     return {"received": received, "connections_refused": int(float(refused[1])) if refused else 0}
 

@@ -25,7 +25,7 @@ import aiohttp
 from bench import payload, probe, procs
 from bench.report import median, say
 
-_DELIVERED = re.compile(r"^ctgw_leads_delivered_total (\S+)$", re.MULTILINE)
+_DELIVERED = re.compile(r'^ctgw_leads_delivered_total\{site="[^"]*"\} (\S+)$', re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ async def _post_all(url: str, n: int, concurrency: int) -> dict[str, Any]:
 
 def _delivered(gateway: procs.Proc) -> int:
     text = procs.http("GET", f"{gateway.ops_url}/metrics")[1].decode()
-    match = _DELIVERED.search(text)
-    return int(float(match[1])) if match else 0
+    return sum(int(float(value)) for value in _DELIVERED.findall(text))
 
 
 def _wait(sandbox: procs.Proc, gateway: procs.Proc, n: int, timeout: float) -> dict[str, Any]:

@@ -72,6 +72,7 @@ def create_app(
     app[METRICS] = metrics = metrics or Metrics()
     app[TRACES] = tuple(upstream_traces)
     app[SITES] = sites = sites or single_site(settings)
+    metrics.add_sites(sorted(sites.sites))
     app.cleanup_ctx.extend(
         [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
     )

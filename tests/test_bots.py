@@ -16,6 +16,7 @@ from gateway.intake.handlers import Intake
 from gateway.intake.quarantine import Quarantine
 from gateway.ops.metrics import Metrics
 from gateway.queue import Queue
+from gateway.queue.base import DEFAULT_SITE
 from gateway.sites import single_site
 
 HOST = "shop.example.ru"
@@ -118,10 +119,11 @@ async def test_every_signal_has_its_series_from_the_start() -> None:
     settings = Settings(site_id="1")
     Intake(settings, queue, registry, Quarantine(queue, 10), single_site(settings))
     assert ("honeypot", *bots.SIGNALS) == bots.BOT_SIGNALS
+    sample = registry.registry.get_sample_value
     for signal in bots.BOT_SIGNALS:
-        for series in ("ctgw_bot_signals_total", "ctgw_leads_quarantined_total"):
-            value = registry.registry.get_sample_value(series, {"signal": signal})
-            assert value == 0.0, (series, signal)
+        assert sample("ctgw_bot_signals_total", {"signal": signal}) == 0.0, signal
+        quarantined = {"signal": signal, "site": DEFAULT_SITE}
+        assert sample("ctgw_leads_quarantined_total", quarantined) == 0.0, signal
 
 
 HEADERS = st.none() | st.text(max_size=60) | st.sampled_from([SITE, f"{SITE}/x", "null", "//x"])

@@ -85,8 +85,8 @@ async def test_a_flood_is_limited_while_another_client_is_served(
     other = await flood(gw.url, "127.0.0.3", 3, first=1000)
     assert [a.status for a in other] == [202, 202, 202]
     value = gw.metrics.registry.get_sample_value
-    assert value("ctgw_leads_received_total", {"channel": "browser", "outcome": "throttled"}) \
-        == len(throttled)
+    throttled_leads = {"channel": "browser", "outcome": "throttled", "site": "default"}
+    assert value("ctgw_leads_received_total", throttled_leads) == len(throttled)
 
 
 async def test_forged_forwarded_for_from_an_untrusted_peer_is_ignored(

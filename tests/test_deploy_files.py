@@ -370,6 +370,26 @@ def test_dashboard_has_a_back_office_row() -> None:
         "sum by (method, outcome) (rate(ctgw_upstream_requests_total{")
 
 
+def test_dashboard_site_variable_lists_every_configured_site() -> None:
+    # The lead series start at 0 for every configured site; the job series only once a job of
+    # the site came, so a gateway that takes only leads would list no site.
+    site = {v["name"]: v for v in load_dashboard()["templating"]["list"]}["site"]
+    assert site["definition"] == "label_values(ctgw_leads_received_total, site)"
+    assert site["query"]["query"] == site["definition"]
+
+
+def test_every_lead_and_job_series_of_the_dashboard_filters_by_site() -> None:
+    for name, expr in dashboard_exprs().items():
+        for series in re.findall(r"ctgw_(?:leads?|jobs?)_\w+\{[^}]*\}", expr):
+            assert 'site=~"$site"' in series, f"{name}: {series}"
+
+
+def test_lead_dead_letters_alert_once_a_site() -> None:
+    rule = alert_rules()["CtGatewayDeadLettersGrowing"]
+    assert "sum by (job, instance, site, reason) (increase(ctgw_leads_dead_total" in rule["expr"]
+    assert "$labels.site" in rule["annotations"]["summary"]
+
+
 def test_dashboard_panels_do_not_overlap() -> None:
     taken: dict[tuple[int, int], str] = {}
     for panel in all_panels(load_dashboard()["panels"]):

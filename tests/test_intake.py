@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.app import OPS_RUNNER, QUEUE, create_app
 from gateway.config import Settings
 from gateway.intake.listener import bound_address
+from gateway.ops.metrics import NO_SITE
 from gateway.queue import State
 from gateway.sandbox.server import SandboxThread
 from tests.support import PII_SAMPLES, TOKEN, Gateway, eventually, lead, sandbox_requests
@@ -68,8 +69,8 @@ async def jobs_in_queue(gw: Gateway) -> int:
     return sum(n for state, n in stats.counts.items() if state != State.SPAM)
 
 
-def received(gw: Gateway, channel: str, outcome: str) -> float | None:
-    labels = {"channel": channel, "outcome": outcome}
+def received(gw: Gateway, channel: str, outcome: str, site: str = "default") -> float | None:
+    labels = {"channel": channel, "outcome": outcome, "site": site}
     return gw.metrics.registry.get_sample_value("ctgw_leads_received_total", labels)
 
 
@@ -191,7 +192,9 @@ async def test_the_api_needs_a_valid_bearer_token(
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
             assert_error(await resp.json(), "unauthorized")
     assert await jobs_in_queue(gateway) == 0
-    assert received(gateway, "api", "rejected") == 1
+    # No token, no site: counted under site="" (NO_SITE), the default site's count stays 0.
+    assert received(gateway, "api", "rejected", NO_SITE) == 1
+    assert received(gateway, "api", "rejected") == 0
 
 
 async def test_lower_case_bearer_is_accepted(

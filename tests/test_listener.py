@@ -114,7 +114,8 @@ async def test_a_slow_body_gets_408_and_the_connection_closes(
         assert orjson.loads(answer)["error"] == "body_timeout"
         assert await asyncio.wait_for(_rest(reader), timeout=5) == b""
     sample = gateway.metrics.registry.get_sample_value
-    assert sample("ctgw_leads_received_total", {"channel": "browser", "outcome": "rejected"}) == 1
+    assert sample("ctgw_leads_received_total", {"channel": "browser", "outcome": "rejected",
+                                         "site": "default"}) == 1
 
 
 async def test_connections_past_the_cap_are_turned_away_then_served_again(
@@ -239,7 +240,7 @@ async def test_a_client_hanging_up_mid_body_is_no_server_error(
     await writer.drain()
     writer.close()
     sample = gateway.metrics.registry.get_sample_value
-    labels = {"channel": "browser", "outcome": "rejected"}
+    labels = {"channel": "browser", "outcome": "rejected", "site": "default"}
 
     async def counted() -> bool:
         return sample("ctgw_leads_received_total", labels) == 1

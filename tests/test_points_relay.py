@@ -203,7 +203,8 @@ async def test_a_gateway_shows_a_refusal_for_points_and_its_end(
     await sandbox_config(http, sandbox.url, fault=None)
 
     async def delivered() -> bool:  # settled by the gateway, not only logged by the sandbox
-        return gw.metrics.registry.get_sample_value("ctgw_leads_delivered_total") == 3
+        return gw.metrics.registry.get_sample_value("ctgw_leads_delivered_total",
+                                                   {"site": "default"}) == 3
     await eventually(delivered, timeout=30)
     sample = gw.metrics.registry.get_sample_value
     assert sample("ctgw_points_refused", refused) == 0

@@ -50,6 +50,7 @@ INVALID_LEADS = (
     {"subject": "a lead without a contact"},
     {"fio": "Иван Петров", "favouriteColour": "green"},
 )
+DELIVERED = 'ctgw_leads_delivered_total{site="default"}'
 
 
 # --- processes --------------------------------------------------------------------------
@@ -171,7 +172,7 @@ async def flow(traffic: Traffic, sandbox: str, db: Path) -> None:
             assert await traffic.post(body) == 422
         assert await stuck >= 500
     await traffic.leads(2.0)
-    await traffic.until("ctgw_leads_delivered_total", 2)
+    await traffic.until(DELIVERED, 2)
 
     # Calltouch fails for a few seconds: retries with backoff.
     await sandbox_config(traffic.http, sandbox, fault="503")
@@ -184,14 +185,14 @@ async def flow(traffic: Traffic, sandbox: str, db: Path) -> None:
     # Calltouch answers 200 without a requestId: a permanent failure, a dead letter.
     await sandbox_config(traffic.http, sandbox, fault="error200")
     await traffic.leads(1.0)
-    await traffic.until('ctgw_leads_dead_total{reason="invalid_answer"}')
+    await traffic.until('ctgw_leads_dead_total{reason="invalid_answer",site="default"}')
     await sandbox_config(traffic.http, sandbox, fault=None)
 
     for body in INVALID_LEADS:
         assert await traffic.post(body) == 422
-    delivered = await traffic.metric("ctgw_leads_delivered_total")
+    delivered = await traffic.metric(DELIVERED)
     await traffic.leads(3.0)
-    await traffic.until("ctgw_leads_delivered_total", delivered + 3)
+    await traffic.until(DELIVERED, delivered + 3)
 
     # The back office: a deal Calltouch takes and one without orderNumber (422 for the item);
     # then Calltouch refuses the gateway's Access-Token, and the next deal waits.

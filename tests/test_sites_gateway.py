@@ -19,6 +19,7 @@ from tests.test_cli import cli
 
 SHOP_TOKEN = "shop-token-0123456789"
 BOTH_TOKEN = "both-token-0123456789"
+SITES = ("shop", "blog")
 SITES_TOML = """
 [sites.shop]
 site_id = "1001"
@@ -105,6 +106,44 @@ async def test_a_token_posts_only_for_its_sites_and_names_one_when_it_has_severa
         assert resp.status == 404
     async with http.get(f"{api}/{answer['id']}?site=blog", headers=both) as resp:
         assert resp.status == 200
+
+
+async def test_each_site_counts_its_leads_under_its_own_site_label(
+    two_sites: tuple[Gateway, Sites], http: aiohttp.ClientSession,
+) -> None:
+    gw, _ = two_sites
+    sample = gw.metrics.registry.get_sample_value
+
+    def received(outcome: str, site: str, channel: str = "browser") -> float | None:
+        labels = {"channel": channel, "outcome": outcome, "site": site}
+        return sample("ctgw_leads_received_total", labels)
+
+    assert (received("accepted", "shop"), received("accepted", "blog", "api")) == (0, 0)
+    for host, n in (("shop.test", 1), ("shop.test", 2), ("blog.test", 3)):
+        status, _ = await post(http, f"{gw.url}/leads", lead(n), headers={"Host": host})
+        assert status == 202
+    assert (await post(http, f"{gw.url}/leads", lead(4), headers={"Host": "other.test"}))[0] \
+        == 404
+    both = {"Authorization": f"Bearer {BOTH_TOKEN}"}
+    status, _ = await post(http, f"{gw.url}/api/v1/leads?site=nope", lead(5), headers=both)
+    assert status == 404
+
+    async def settled() -> bool:
+        return [sample("ctgw_leads_delivered_total", {"site": s}) for s in SITES] == [2, 1]
+
+    await eventually(settled, timeout=10)
+    assert [received("accepted", s) for s in SITES] == [2, 1]
+    # Routed to no site: counted under site="", never under a name the caller sent.
+    assert (received("rejected", ""), received("rejected", "", "api")) == (1, 1)
+    assert received("rejected", "nope", "api") is None
+    assert received("accepted", "default") is None  # no site of that name here
+    counts = [sample("ctgw_lead_delivery_seconds_count", {"site": s}) for s in SITES]
+    assert counts == [2, 1]
+    async with http.get(f"{gw.ops_url}/metrics") as resp:
+        text = await resp.text()
+    assert 'ctgw_leads_delivered_total{site="shop"} 2.0' in text
+    assert 'ctgw_leads_received_total{channel="browser",outcome="accepted",site="blog"} 1.0' \
+        in text
 
 
 async def test_the_snippet_carries_the_mod_id_of_its_host(

@@ -26,7 +26,7 @@ from gateway.intake.clients import ClientLimiter, client_ip
 from gateway.intake.listener import read_body
 from gateway.intake.quarantine import Quarantine
 from gateway.kinds import lead as leads
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import NO_SITE, Metrics
 from gateway.queue import Put, Quarantined, Queue, QueueError
 from gateway.sites import Site, Sites
 
@@ -64,8 +64,9 @@ class Intake:
         self.limiter = ClientLimiter(self.settings.client_rate)
         self._bots = BotScorer.from_settings(self.settings)
         self._signals = {s: self.metrics.bot_signals.labels(s) for s in BOT_SIGNALS}
-        for signal in BOT_SIGNALS:  # every series from the start, for increase()
-            self.metrics.quarantined.labels(signal)
+        for site in self.sites.sites:  # every series from the start, for increase()
+            for signal in BOT_SIGNALS:
+                self.metrics.quarantined.labels(signal, site)
 
     def not_ready(self) -> str | None:
         """Why no lead is taken now, for ``/readyz``; ``None`` when they are."""
@@ -89,19 +90,21 @@ class Intake:
         return json_response(shown)
 
     async def _counted(self, request: web.Request, channel: leads.Channel) -> web.Response:
+        named = NO_SITE  # until the post is routed to a configured site
         try:
             site = self._site(request, channel)
+            named = site.name
             response, outcome = await self._accept(request, channel, site)
         except GatewayError as exc:
-            self.metrics.count_received(channel, exc.outcome)
+            self.metrics.count_received(channel, exc.outcome, named)
             if isinstance(exc, InvalidLead):
                 for error in exc.errors:
                     self.metrics.validation_errors.labels(error.code).inc()
             raise
         except web.HTTPException:
-            self.metrics.count_received(channel, "rejected")
+            self.metrics.count_received(channel, "rejected", named)
             raise
-        self.metrics.count_received(channel, outcome)
+        self.metrics.count_received(channel, outcome, named)
         if channel == "browser":
             self._allow_origin(request.headers.get("Origin"), site, response)
         return response
@@ -212,7 +215,7 @@ class Intake:
         reason = f"score={'-' if points is None else points} signals={','.join(signals)}"
         self.quarantine.add(Quarantined(job_id, put, reason, time.time()))
         for signal in signals:
-            self.metrics.quarantined.labels(signal).inc()
+            self.metrics.quarantined.labels(signal, put.site).inc()
         level = logging.INFO if self.settings.sandbox else logging.DEBUG
         log.log(level, "bot lead quarantined job=%s %s", job_id, reason)
         if self.settings.sandbox:

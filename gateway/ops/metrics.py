@@ -1,6 +1,7 @@
 """Every metric of the gateway, on an injected registry (a fresh one per test).
 
-Labels carry only bounded, non-personal values: channels, outcomes, codes, routes, states.
+Labels carry only bounded, non-personal values: channels, outcomes, codes, routes, states,
+and a configured site's name (``site``; ``""`` for a post no site took).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ UPSTREAM_OUTCOMES = (
     "invalid_answer",
 )
 DEAD_REASONS = ("client_error", "invalid_answer", "expired")
+# The site label of a lead no configured site took (a browser's Host, an API token or a
+# ?site= that names none): no site's name is empty, and a caller's text never becomes a label.
+NO_SITE = ""
 RETENTION_STATES = ("delivered", "dead")
 
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -50,8 +54,8 @@ class Metrics:
             {"version": _version()}
         )
         self.received = LoopCounter(
-            "ctgw_leads_received", "Leads posted to the gateway, by channel and outcome.",
-            ("channel", "outcome"), seed=[(c, o) for c in CHANNELS for o in RECEIVED_OUTCOMES],
+            "ctgw_leads_received", "Leads posted to the gateway, by channel, outcome and site.",
+            ("channel", "outcome", "site"),
         )
         r.register(self.received)
         self.validation_errors = Counter(
@@ -65,8 +69,8 @@ class Metrics:
         )
         self.quarantined = Counter(
             "ctgw_leads_quarantined", "Leads scored as spam and quarantined, by the signals that "
-            "fired; one lead may count under several.",
-            ["signal"], registry=r,
+            "fired and site; one lead may count under several.",
+            ["signal", "site"], registry=r,
         )
         self.upstream = Counter(
             "ctgw_upstream_requests", "Requests to Calltouch, by method and outcome.",
@@ -77,13 +81,14 @@ class Metrics:
             ["method"], buckets=_UPSTREAM, registry=r,
         )
         self.delivered = Counter(
-            "ctgw_leads_delivered", "Leads Calltouch accepted.", registry=r
+            "ctgw_leads_delivered", "Leads Calltouch accepted, by site.", ["site"], registry=r
         )
         self.dead = Counter(
-            "ctgw_leads_dead", "Leads dead-lettered, by reason.", ["reason"], registry=r
+            "ctgw_leads_dead", "Leads dead-lettered, by reason and site.", ["reason", "site"],
+            registry=r,
         )
         # Every kind (lead, deal.create, deal.update, comment, order1): the lead series above
-        # stay as they were, for the dashboards and alerts built on them.
+        # stay beside them, for the dashboards and alerts built on them.
         self.jobs_received = Counter(
             "ctgw_jobs_received", "Jobs posted to the gateway, by kind, outcome and site.",
             ["kind", "outcome", "site"], registry=r,
@@ -110,8 +115,8 @@ class Metrics:
             ["state"], registry=r,
         )
         self.delivery_seconds = Histogram(
-            "ctgw_lead_delivery_seconds", "Time from acceptance to delivery.",
-            buckets=_DELIVERY, registry=r,
+            "ctgw_lead_delivery_seconds", "Time from acceptance to delivery, by site.",
+            ["site"], buckets=_DELIVERY, registry=r,
         )
         self.upstream_healthy = Gauge(
             "ctgw_upstream_healthy", "1 while Calltouch answers; 0 while it is down and only"
@@ -154,15 +159,22 @@ class Metrics:
         r.register(self.queue)
         self._zero()
 
-    def count_received(self, channel: str, outcome: str) -> None:
-        self.received.inc(channel, outcome)
+    def count_received(self, channel: str, outcome: str, site: str) -> None:
+        self.received.inc(channel, outcome, site)
+
+    def add_sites(self, sites: Iterable[str]) -> None:
+        """Start every lead series of these sites at 0 (the app factory names its sites)."""
+        for site in sites:
+            self.received.seed((c, o, site) for c in CHANNELS for o in RECEIVED_OUTCOMES)
+            self.delivered.labels(site)
+            self.delivery_seconds.labels(site)
+            for reason in DEAD_REASONS:
+                self.dead.labels(reason, site)
 
     def _zero(self) -> None:
         # Series that exist from the start let increase() see the first event.
         for outcome in UPSTREAM_OUTCOMES:
             self.upstream.labels("register", outcome)
-        for reason in DEAD_REASONS:
-            self.dead.labels(reason)
         for state in RETENTION_STATES:
             self.retention_purged.labels(state)
 
@@ -196,15 +208,17 @@ class LoopCounter(Collector):
     reads a copy, made whole under the GIL.
     """
 
-    def __init__(
-        self, name: str, documentation: str, labels: Sequence[str],
-        seed: Iterable[tuple[object, ...]] = (),
-    ) -> None:
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         self._name, self._documentation, self._labels = name, documentation, list(labels)
-        self._counts: dict[tuple[object, ...], int] = dict.fromkeys(seed, 0)
+        self._counts: dict[tuple[object, ...], int] = {}
 
     def inc(self, *labels: object) -> None:
         self._counts[labels] = self._counts.get(labels, 0) + 1
+
+    def seed(self, keys: Iterable[tuple[object, ...]]) -> None:
+        """Show these label values at 0 until they are counted."""
+        for key in keys:
+            self._counts.setdefault(key, 0)
 
     def collect(self) -> list[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)

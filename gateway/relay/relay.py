@@ -314,8 +314,8 @@ class Relay:
         self._metrics.jobs_delivered.labels(job.kind, job.site).inc()
         self._metrics.job_delivery_seconds.labels(job.kind, job.site).observe(seconds)
         if job.kind == LEAD:
-            self._metrics.delivered.inc()
-            self._metrics.delivery_seconds.observe(seconds)
+            self._metrics.delivered.labels(job.site).inc()
+            self._metrics.delivery_seconds.labels(job.site).observe(seconds)
         log.info("delivered job=%s kind=%s attempts=%d", job.id, job.kind, job.attempts + 1)
 
     async def _retry(self, job: Job, verdict: Retry, now: float) -> None:
@@ -333,5 +333,5 @@ class Relay:
         if await self._queue.bury(job, detail, now):
             self._metrics.jobs_dead.labels(job.kind, reason, job.site).inc()
             if job.kind == LEAD:
-                self._metrics.dead.labels(reason).inc()
+                self._metrics.dead.labels(reason, job.site).inc()
             log.error("dead job=%s kind=%s reason=%s", job.id, job.kind, reason)
