@@ -21,7 +21,7 @@ from gateway.ops.logs import JsonFormatter
 from gateway.ops.metrics import Metrics
 from gateway.sandbox.server import SandboxThread
 from tests.postgres import postgres, postgres_url
-from tests.support import LOG_LINES, TOKEN, Gateway, Process
+from tests.support import LOG_LINES, TOKEN, Gateway, Process, spawn_sandbox
 
 
 class _Keep(logging.Handler):
@@ -49,6 +49,18 @@ def processes() -> Iterator[list[Process]]:
     yield started
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture
+def two_sandboxes(processes: list[Process]) -> Iterator[list[str]]:
+    """Calltouch as two processes, for two gateways of one egress: merged on this host's clock
+    they are what Calltouch sees; apart, they tell which gateway sent a call."""
+    urls = []
+    for _ in range(2):
+        proc, url = spawn_sandbox("0.05,0.2")
+        processes.append(proc)
+        urls.append(url)
+    yield urls
 
 
 @pytest.fixture

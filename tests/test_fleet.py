@@ -267,16 +267,6 @@ async def test_three_gateways_one_killed_deliver_every_acknowledged_lead_at_one_
     assert alive_rate >= 0.95 * RATE, alive_rate
 
 
-@pytest.fixture
-def two_sandboxes(processes: list[Process]) -> Iterator[list[str]]:
-    urls = []
-    for _ in range(2):
-        proc, url = spawn_sandbox("0.05,0.2")
-        processes.append(proc)
-        urls.append(url)
-    yield urls
-
-
 @pytest.mark.timeout(120)
 async def test_two_egress_groups_on_one_database_each_drain_at_the_full_rate(
     postgres_url: str, two_sandboxes: list[str], http: aiohttp.ClientSession,

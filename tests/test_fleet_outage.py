@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
 from gateway.sandbox.server import max_in_window
-from tests.support import Process, eventually, lead, sandbox_config, spawn_sandbox
+from tests.support import Process, eventually, lead, sandbox_config
 from tests.test_fleet import all_rows, fleet_env, spawn_fleet
 
 OUTAGE = 40.0
@@ -25,48 +24,36 @@ MAX_PROBE = 8.0  # the health gate's probe interval cap
 PROBES = 7
 
 
-@pytest.fixture
-def sandboxes(processes: list[Process]) -> Iterator[list[str]]:
-    """Calltouch as two processes, one for each gateway: merged on this host's clock they are
-    what Calltouch sees; apart, they tell which gateway sent a call."""
-    urls = []
-    for _ in range(2):
-        proc, url = spawn_sandbox("0.05,0.3")
-        processes.append(proc)
-        urls.append(url)
-    yield urls
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_a_fleet_probes_an_outage_once_and_every_gateway_drains_when_it_ends(
-    postgres_url: str, sandboxes: list[str], processes: list[Process],
+    postgres_url: str, two_sandboxes: list[str], processes: list[Process],
     http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fleet = await spawn_fleet([fleet_env(postgres_url, url) for url in sandboxes], processes)
-    for url in sandboxes:
+    fleet = await spawn_fleet([fleet_env(postgres_url, url) for url in two_sandboxes], processes)
+    for url in two_sandboxes:
         await sandbox_config(http, url, fault="503", fault_rate=1.0)
     started = time.monotonic()
     for n in range(LEADS):
         async with http.post(f"{fleet[n % 2][1]}/leads", json=lead(n)) as resp:
             assert resp.status == 202
     await asyncio.sleep(max(0.0, started + OUTAGE - time.monotonic()))
-    for url in sandboxes:
+    for url in two_sandboxes:
         await sandbox_config(http, url, fault=None)
     ended = time.monotonic()  # the sandboxes' "at" is this host's monotonic clock
 
     async def all_delivered() -> bool:
-        rows = await all_rows(http, sandboxes)
+        rows = await all_rows(http, two_sandboxes)
         return len({r["form"]["requestNumber"] for r in rows if r["status"] == 200}) == LEADS
 
     await eventually(all_delivered, timeout=60, interval=0.5)
-    rows = await all_rows(http, sandboxes)
+    rows = await all_rows(http, two_sandboxes)
     failed = [r["at"] for r in rows if r["status"] == 503]
     first_window = [at for at in failed if at < failed[0] + 1.0]
     probes = failed[len(first_window):]
     gaps = [b - a for a, b in itertools.pairwise(probes)]
     by_gateway = [[r for r in await all_rows(http, [url]) if r["status"] == 200]
-                  for url in sandboxes]
+                  for url in two_sandboxes]
     delivered = sorted(r["form"]["requestNumber"] for r in rows if r["status"] == 200)
     drain = max(r["at"] for r in rows if r["status"] == 200) - ended
     with capsys.disabled():
