@@ -11,11 +11,13 @@ window, so no sliding window, measured on one clock, holds more than ``count`` c
 The one clock is the database's. A stamp is the write's moment on it, bounded from above: the
 gateway's own clock at the write, plus the most the database's clock can be ahead of the
 gateway's, which the grant measured (the database read its clock after the gateway sent the
-statement). So a stamp is never earlier than its write, nor later by the time a report takes to
-reach the database. A grant may also be taken up to ``ahead`` before its moment, while the
-window is still full: its statements and their commit then run in time the slot would have
-waited anyway, and the gateway lets its call go at that moment, by its own clock, reckoned so
-that the database's clock has passed the moment by then.
+statement). So a stamp is never earlier than its write, and no later for a report that is slow
+to reach the database. (Two hosts' clocks drift apart by parts per million: over the moments
+between a grant and its write, far less than the window's margin.) A grant may also be taken
+up to ``ahead`` before its moment, while the window is still full: its statements and their
+commit then run in time the slot would have waited anyway, and the gateway lets its call go at
+that moment, by its own clock, reckoned so that the database's clock has passed the moment by
+then.
 
 A 429 anywhere pauses and halves the rate for the fleet; successes climb it back, as the Pacer
 does. Tickets report writes and answers without waiting: one task applies them in order. With
