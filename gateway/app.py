@@ -38,7 +38,7 @@ from gateway.queue import Queue, open_queue
 from gateway.relay.pacing import Pacer
 from gateway.relay.relay import Relay, Sender
 from gateway.sites import Sites, single_site
-from gateway.upstream_gates import fleet_health_gate, health_gate, site_points
+from gateway.upstream_gates import PointsSync, fleet_health_gate, health_gate, site_points
 
 if TYPE_CHECKING:
     from gateway.relay.fleet_pace import FleetPace
@@ -203,16 +203,19 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     senders = _senders(app[SITES], settings.batch_linger)
     shared = None if fleet is None else await fleet_health_gate(app[QUEUE], metrics, settings)
     health = shared or health_gate(app[QUEUE], metrics, settings)
+    points = site_points(app[QUEUE], metrics, settings, app[SITES])
     app[RELAY] = relay = Relay(
         app[QUEUE], client, senders, [health, pacer], metrics,
         concurrency=settings.concurrency, max_age=settings.max_age,
-        lease_timeout=settings.lease_timeout, sites=sorted(app[SITES].sites),
-        points=site_points(app[QUEUE], metrics, settings, app[SITES]),
+        lease_timeout=settings.lease_timeout, sites=sorted(app[SITES].sites), points=points,
     )
+    points_sync = PointsSync(points, app[QUEUE])
+    await points_sync.start()
     relay.start()
     yield
     unsent = await relay.stop(settings.shutdown_grace)
     log.info("relay stopped unsent_in_flight=%d", unsent)
+    await points_sync.stop()  # after the relay: its last calls' points are in the store
     if fleet is not None:  # after the relay, so that its last calls' stamps are recorded
         await fleet.close()
     if shared is not None:  # and their answers, and a probe slot it holds freed

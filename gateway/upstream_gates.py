@@ -4,7 +4,9 @@ for the egress) and each site's API points."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,9 @@ from gateway.sites import Sites
 
 if TYPE_CHECKING:
     from gateway.relay.fleet_health import FleetHealth
+
+log = logging.getLogger(__name__)
+SYNC_EVERY = 1.0  # seconds between two points syncs: at most a second of others' calls unseen
 
 
 class Hastener:
@@ -92,3 +97,35 @@ def site_points(queue: Queue, metrics: Metrics, settings: Settings, sites: Sites
                 metrics.points_remaining.labels(name, window).set_function(
                     functools.partial(points.remaining, name, window))
     return points
+
+
+class PointsSync:
+    """Keeps the sites' spending in the store: once before the relay starts (a restarted
+    gateway goes on from the hour's real spending), then every ``every`` seconds, and once
+    more when it stops."""
+
+    def __init__(self, points: Points, queue: Queue, every: float = SYNC_EVERY) -> None:
+        self._points, self._queue, self._every = points, queue, every
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._points.sync(self._queue)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._sync()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            await self._sync()
+
+    async def _sync(self) -> None:
+        try:
+            await self._points.sync(self._queue)
+        except Exception as error:  # the store is down: the spending waits for the next sync
+            log.warning("api points sync failed, kept for the next: %s", error)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.queue import Put, PutResult, Quarantined, Queue, State, open_queue
+from gateway.queue.base import Tally
 
 T0 = 1_700_000_000.0
 
@@ -395,3 +396,44 @@ async def test_old_spam_is_purged_in_batches(queue: Queue) -> None:
     assert await queue.purge_spam(T0 + 3, limit=2) == 0
     assert [s.id for s in await queue.spam(10)] == ["spam-0003", "spam-0004"]
     assert await queue.status("spam-0000") is None
+
+
+# API points: a tally adds to its window's row and reads back every process's total.
+
+HOUR_ENDS = T0 + 600
+
+
+async def test_tallies_add_up_across_stores_and_read_back_the_total(
+    opener: Callable[[], Awaitable[Queue]], queue: Queue,
+) -> None:
+    other = await opener()  # a second gateway on the same store
+    try:
+        first = await queue.tally([Tally("a", "hour", HOUR_ENDS, 3, 2),
+                                   Tally("a", "day", HOUR_ENDS + 3600, 3, 0)], T0)
+        second = await other.tally([Tally("a", "hour", HOUR_ENDS, 4, 0),
+                                    Tally("b", "hour", HOUR_ENDS, 1, 1)], T0)
+        again = await queue.tally([Tally("a", "hour", HOUR_ENDS, 0, 0)], T0)
+    finally:
+        await other.close()
+    assert sorted(first) == [Tally("a", "day", HOUR_ENDS + 3600, 3, 0),
+                             Tally("a", "hour", HOUR_ENDS, 3, 2)]
+    assert sorted(second) == [Tally("a", "hour", HOUR_ENDS, 7, 2),
+                              Tally("b", "hour", HOUR_ENDS, 1, 1)]
+    assert again == [Tally("a", "hour", HOUR_ENDS, 7, 2)]
+
+
+async def test_a_tally_given_back_below_zero_reads_as_zero_and_still_counts(queue: Queue) -> None:
+    # One gateway gives a call back before another's spending reached the row.
+    assert await queue.tally([Tally("a", "hour", HOUR_ENDS, -2, -2)], T0) == [
+        Tally("a", "hour", HOUR_ENDS, 0, 0)]
+    assert await queue.tally([Tally("a", "hour", HOUR_ENDS, 5, 3)], T0) == [
+        Tally("a", "hour", HOUR_ENDS, 3, 1)]
+
+
+async def test_a_window_over_for_a_day_is_dropped(queue: Queue) -> None:
+    await queue.tally([Tally("a", "hour", HOUR_ENDS, 9, 0)], T0)
+    later = HOUR_ENDS + 86_400 + 1
+    assert await queue.tally([Tally("a", "hour", HOUR_ENDS, 0, 0)], later - 2) == [
+        Tally("a", "hour", HOUR_ENDS, 9, 0)]
+    assert await queue.tally([Tally("a", "hour", HOUR_ENDS, 0, 0)], later) == [
+        Tally("a", "hour", HOUR_ENDS, 0, 0)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class QueueError(Exception):
@@ -152,6 +152,18 @@ class Stats:
     oldest_pending_at: float | None
 
 
+class Tally(NamedTuple):
+    """Points of one site's hour or day (``span``), named by the moment it ends; ``bulk``:
+    of those, what kinds other than leads spent (an hour's only). Sent to the store as what
+    this process spent since it last told it (negative: given back); read back as the total."""
+
+    site: str
+    span: str
+    ends: float
+    points: int
+    bulk: int
+
+
 class Queue(Protocol):
     async def put(self, item: Put, now: float) -> PutResult:
         """Commit durably before the result; dedup on ``(site, kind, dedup_key)``."""
@@ -241,6 +253,11 @@ class Queue(Protocol):
 
     async def purge_spam(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` quarantined jobs accepted before ``before``."""
+
+    async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]:
+        """Add each tally's points to its window's (every process's spending of a site's API
+        points), and return the windows' totals; windows that ended a day before ``now`` are
+        dropped."""
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
         """Wait until a job of ``kind`` (of ``site``, or any) is visible; ``False`` after

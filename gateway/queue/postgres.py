@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from gateway.ids import new_ids
+from gateway.queue import points_sql
 from gateway.queue import postgres_links as links
 from gateway.queue import postgres_sql as sql
 from gateway.queue.base import (
@@ -31,6 +32,7 @@ from gateway.queue.base import (
     State,
     Stats,
     Status,
+    Tally,
 )
 from gateway.queue.postgres_batch import Batcher
 from gateway.queue.postgres_listen import Listener
@@ -232,6 +234,9 @@ class PostgresQueue(Settling):
             total += count
             if count < limit:
                 return total
+
+    async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]:
+        return await self._run(lambda conn: points_sql.postgres_tally(conn, spent, now))
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
         return await wait_until_due(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.ids import new_ids
+from gateway.queue import points_sql
 from gateway.queue import sqlite_links as links
 from gateway.queue import sqlite_sql as sql
 from gateway.queue.base import (
@@ -31,6 +32,7 @@ from gateway.queue.base import (
     State,
     Stats,
     Status,
+    Tally,
 )
 from gateway.queue.settling import Settling, Statements
 from gateway.queue.sqlite_schema import connect, migrate, path_from_url
@@ -246,6 +248,9 @@ class SQLiteQueue(Settling):
         purged = await self._tx(lambda conn: sql.purge_spam(conn, before, limit))
         self._unflushed = self._unflushed or purged > 0
         return purged
+
+    async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]:
+        return await self._tx(lambda conn: points_sql.sqlite_tally(conn, spent, now))
 
     async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
         return await wait_until_due(

@@ -2,7 +2,7 @@
 
 ``PRAGMA user_version`` names the schema: 0 is a new file, or one made before versions were
 kept (no ``site`` column, no counts); 2 has no index of quarantined spam; 3 no links (held
-jobs, chains, answer details). :func:`migrate`
+jobs, chains, answer details); 4 no API points spent. :func:`migrate`
 brings any of them to :data:`VERSION` in one transaction (every step is idempotent). Counts
 by state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few rows instead of
 scanning every job.
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from gateway.queue.base import PENDING
 
-VERSION = 4
+VERSION = 5
 PENDING_SQL = "(" + ", ".join(f"'{state.value}'" for state in PENDING) + ")"
 
 _JOBS = """
@@ -80,6 +80,17 @@ CREATE TRIGGER IF NOT EXISTS jobs_counted_out AFTER DELETE ON jobs BEGIN
     UPDATE job_counts SET n = n - 1
         WHERE site = old.site AND kind = old.kind AND state = old.state;
 END;
+"""
+# Version 5: the API points each site spent in each of its hours and days (gateway.relay.points).
+_POINTS = """
+CREATE TABLE IF NOT EXISTS points_spent (
+    site   TEXT NOT NULL,
+    span   TEXT NOT NULL,
+    ends   REAL NOT NULL,
+    points INTEGER NOT NULL,
+    bulk   INTEGER NOT NULL,
+    PRIMARY KEY (site, span, ends)
+) WITHOUT ROWID;
 """
 _COUNT_ALL = (
     "INSERT INTO job_counts SELECT site, kind, state, count(*) FROM jobs GROUP BY 1, 2, 3"
@@ -148,6 +159,7 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
     if not counted:
         conn.execute(_COUNT_ALL)
+    conn.execute(_POINTS)
 
 
 def _split(script: str) -> list[str]:

@@ -14,7 +14,11 @@ before a call of a site goes, and tells :meth:`Points.heard` what came back:
   text is not published), the site waits for the next hour, one probe call every
   ``probe_every`` seconds meanwhile; the first call that passes resumes it.
 
-The ledger is this process's: gateways of a fleet each count their own spending.
+The ledger lives in this process and is kept in the store (:meth:`Points.sync`, every second):
+each sync adds what this process spent since the last one to the window's row and reads back
+the total, so a restart starts from the hour's real spending and gateways of a fleet see each
+other's. Between syncs a gateway does not see the others' calls: the fleet's one pace lets at
+most ``rate`` calls go in a second, so a fleet can spend past a line by those calls' points.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from gateway.calltouch.answers import Defer, Delivered, Permanent, Verdict, error_text, redact
 from gateway.calltouch.client import Reply
 from gateway.config_points import DEFAULT_REFUSAL, DEFAULT_RESERVE
+from gateway.queue.base import Tally
 from gateway.relay.gates import urgency
 
 log = logging.getLogger(__name__)
@@ -57,9 +63,17 @@ class Budget:
         return math.ceil((self.per_hour or 0) * self.reserve)
 
 
+class Book(Protocol):
+    """Where the spending is kept: the queue's store (:meth:`~gateway.queue.base.Queue.tally`)."""
+
+
+    async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]: ...
+
+
 @dataclass(slots=True)
 class _Ledger:
-    """What a site spent in the current hour and day, and when those end."""
+    """What a site spent in the current hour and day (every process's as last read, plus
+    this one's since), and when those end; ``unsent_*``: this process's, not yet in the store."""
 
     hour_start: float = 0.0
     hour_end: float = 0.0
@@ -67,6 +81,9 @@ class _Ledger:
     hour: int = 0
     bulk: int = 0  # of ``hour``: spent by kinds other than leads
     day: int = 0
+    unsent_hour: int = 0
+    unsent_bulk: int = 0
+    unsent_day: int = 0
     refused_until: float | None = None  # Calltouch refused for points: wait until then
     probe_at: float = 0.0
 
@@ -180,21 +197,44 @@ class Points:
             ledger.refused_until = ledger.hour_end
             ledger.probe_at = now + self._probe_every
 
+    async def sync(self, book: Book) -> None:
+        """Add what this process spent since the last sync to the store, and take every
+        process's totals from it (on a failure the spending is kept for the next sync)."""
+        if not self._budgets:  # no site is limited: nothing to keep
+            return
+        now = self._clock()
+        ledgers = {site: self._ledger(site, now) for site in self._budgets}
+        sent = [tally for site, ledger in ledgers.items() for tally in _unsent(site, ledger)]
+        for ledger in ledgers.values():
+            ledger.unsent_hour = ledger.unsent_bulk = ledger.unsent_day = 0
+        try:
+            totals = await book.tally(sent, now)
+        except BaseException:
+            for tally in sent:
+                _keep_unsent(self._ledgers[tally.site], tally)
+            raise
+        for total in totals:
+            _take_total(self._ledgers[total.site], total)
+
     @staticmethod
     def _add(ledger: _Ledger, kind: str, points: int) -> None:
         # A call given back after its hour or day ended is not taken from the new one.
         ledger.hour = max(0, ledger.hour + points)
         ledger.day = max(0, ledger.day + points)
+        ledger.unsent_hour += points
+        ledger.unsent_day += points
         if urgency(kind) != 0:
             ledger.bulk = max(0, ledger.bulk + points)
+            ledger.unsent_bulk += points
 
     def _ledger(self, site: str, now: float) -> _Ledger:
         ledger = self._ledgers.setdefault(site, _Ledger())
         if now >= ledger.hour_end:
             start, end, day_end = windows(now, self._zones.get(site, _MOSCOW))
             if now >= ledger.day_end:
-                ledger.day, ledger.day_end = 0, day_end
+                ledger.day, ledger.day_end, ledger.unsent_day = 0, day_end, 0
             ledger.hour_start, ledger.hour_end, ledger.hour, ledger.bulk = start, end, 0, 0
+            ledger.unsent_hour = ledger.unsent_bulk = 0
             self._resume(site, ledger, "a new hour")
         return ledger
 
@@ -204,6 +244,30 @@ class Points:
         ledger.refused_until = None
         log.info("site=%s may spend API points again (%s)", site, why)
         self._on_refused(site, False)
+
+
+def _unsent(site: str, ledger: _Ledger) -> tuple[Tally, Tally]:
+    return (Tally(site, HOUR, ledger.hour_end, ledger.unsent_hour, ledger.unsent_bulk),
+            Tally(site, DAY, ledger.day_end, ledger.unsent_day, 0))
+
+
+def _keep_unsent(ledger: _Ledger, tally: Tally) -> None:
+    """A tally the store did not take is sent again with the next, unless its window ended."""
+    if tally.span == HOUR and tally.ends == ledger.hour_end:
+        ledger.unsent_hour += tally.points
+        ledger.unsent_bulk += tally.bulk
+    elif tally.span == DAY and tally.ends == ledger.day_end:
+        ledger.unsent_day += tally.points
+
+
+def _take_total(ledger: _Ledger, total: Tally) -> None:
+    """The store's total, plus what this process spent while the sync ran; a window that
+    ended meanwhile is left to the next sync."""
+    if total.span == HOUR and total.ends == ledger.hour_end:
+        ledger.hour = max(0, total.points + ledger.unsent_hour)
+        ledger.bulk = max(0, total.bulk + ledger.unsent_bulk)
+    elif total.span == DAY and total.ends == ledger.day_end:
+        ledger.day = max(0, total.points + ledger.unsent_day)
 
 
 _MOSCOW = ZoneInfo("Europe/Moscow")
