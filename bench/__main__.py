@@ -109,6 +109,8 @@ def _deals_args(parser: argparse.ArgumentParser) -> None:
                        help="seconds between those leads")
     group.add_argument("--deal-rounds", type=int, default=_DEALS.rounds,
                        help="drain rounds (0: none)")
+    group.add_argument("--deal-faults", type=float, default=_DEALS.faults,
+                       help="share of calls the sandbox answers 503 to during the drain")
     group.add_argument("--ndjson-lines", type=int, default=_DEALS.ndjson_lines,
                        help="lines of the streamed intake upload")
     group.add_argument("--ndjson-baseline-lines", type=int, default=_DEALS.ndjson_baseline_lines,
@@ -165,7 +167,7 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if name == "deals":
         return deals.run(deals.DealsOptions(
             deals=args.deals, request_lines=args.deal_request_lines, leads=args.deal_leads,
-            lead_interval=args.deal_lead_interval, rounds=args.deal_rounds,
+            lead_interval=args.deal_lead_interval, rounds=args.deal_rounds, faults=args.deal_faults,
             ndjson_lines=args.ndjson_lines, ndjson_baseline_lines=args.ndjson_baseline_lines,
             ndjson_rounds=args.ndjson_rounds,
         ), workdir / "deals")

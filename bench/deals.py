@@ -75,6 +75,7 @@ class DealsOptions:
     chunk_lines: int = 1_000  # lines generated and written at a time
     settle: float = 3.0  # seconds between the gateway's readiness and the first lead
     latency: tuple[float, float] = (0.3, 0.9)
+    faults: float = 0.0  # the share of calls the sandbox answers 503 to
     rate: float = 5.0
     batch: int = deal_kind.DealCreateKind.batch
 
@@ -223,6 +224,9 @@ def _drain_round(opts: DealsOptions, workdir: Path) -> dict[str, Any]:
         extra = {"CTGW_CALLTOUCH_URL": sandbox.url, "CTGW_SITE_ID": procs.SITE_ID,
                  "CTGW_RATE": f"{opts.rate:g}", "CTGW_API_TOKENS": TOKEN,
                  "CTGW_ACCESS_TOKEN": ACCESS_TOKEN}
+        if opts.faults:
+            procs.http("POST", f"{sandbox.url}/sandbox/config",
+                       {"fault": "503", "fault_rate": opts.faults})
         with procs.gateway(workdir, workdir / "queue.db", extra=extra) as gateway:
             steal = probe.cpu_times()
             posted = asyncio.run(_drain_posts(opts, gateway.url))

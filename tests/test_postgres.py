@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
 
-from gateway.queue import Put, Queue, QueueError, State, open_queue
+from gateway.queue import Back, Put, Queue, QueueError, State, open_queue
 from gateway.queue import postgres_sql as backend
 from gateway.queue.postgres import PostgresQueue
 from gateway.queue.postgres_schema import VERSION, Conn
@@ -103,7 +103,7 @@ async def test_counts_agree_with_the_jobs_after_gateways_work_together(
             elif i % 4 == 1:
                 await queue.bury(job, "x", T0)
             elif i % 4 == 2:
-                await queue.retry(job, T0 + 60, "HTTP 503", T0)
+                await queue.put_back([Back(job, T0 + 60, "HTTP 503")])
             else:
                 await queue.release(job)
 
@@ -146,7 +146,7 @@ async def test_a_deferred_job_wakes_a_waiter_elsewhere_when_it_is_due(
     await asyncio.sleep(0.2)
     assert not waiting.done()
     started = time.monotonic()
-    assert await other.defer(job, time.time() + 0.5)
+    assert await other.put_back([Back(job, time.time() + 0.5)]) == 1
     assert await asyncio.wait_for(waiting, 5)
     assert 0.4 < time.monotonic() - started < 2.0  # the deferral woke it, then it slept on
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.queue import Put, PutResult, Quarantined, Queue, State, open_queue
-from gateway.queue.base import Tally
+from gateway.queue import Back, Put, PutResult, Quarantined, Queue, State, Tally, open_queue
 
 T0 = 1_700_000_000.0
 
@@ -80,7 +79,7 @@ async def test_an_expired_lease_cannot_settle_the_job(queue: Queue) -> None:
     [old] = await queue.lease("lead", 10, T0, 30)
     [new] = await queue.lease("lead", 10, T0 + 31, 30)
     assert not await queue.ack(old, "1", T0 + 32)
-    assert not await queue.retry(old, T0 + 99, "late", T0 + 32)
+    assert await queue.put_back([Back(old, T0 + 99, "late")]) == 0
     assert await queue.ack(new, "2", T0 + 33)
     status = await queue.status(new.id)
     assert status is not None and status.upstream_id == "2"
@@ -106,7 +105,7 @@ async def test_ack_marks_delivered(queue: Queue) -> None:
 async def test_retry_delays_and_counts_attempts(queue: Queue) -> None:
     await put(queue)
     [job] = await queue.lease("lead", 1, T0, 30)
-    assert await queue.retry(job, T0 + 10, "HTTP 503", T0)
+    assert await queue.put_back([Back(job, T0 + 10, "HTTP 503")]) == 1
     status = await queue.status(job.id)
     assert status is not None
     assert (status.state, status.public_status, status.attempts, status.last_error) == (
@@ -150,7 +149,7 @@ async def test_stats_count_states_and_the_oldest(queue: Queue) -> None:
     await queue.ack(a, "1", T0 + 6)
     await queue.bury(b, "x", T0 + 6)
     [c] = await queue.lease("lead", 1, T0 + 7, 30)
-    await queue.retry(c, T0 + 100, "HTTP 503", T0 + 7)
+    await queue.put_back([Back(c, T0 + 100, "HTTP 503")])
     stats = await queue.stats()
     assert stats.counts == {
         State.READY: 1, State.LEASED: 0, State.DELAYED: 1, State.DELIVERED: 1, State.DEAD: 1,
@@ -197,7 +196,7 @@ async def test_purge_takes_only_settled_jobs_past_their_cutoff(queue: Queue) -> 
     [leased] = await queue.lease("lead", 1, T0, 30)
     await put(queue, b'{"fio": "delayed"}')
     [delayed] = await queue.lease("lead", 1, T0, 30)
-    assert await queue.retry(delayed, T0 + 5, "HTTP 503", T0)
+    assert await queue.put_back([Back(delayed, T0 + 5, "HTTP 503")]) == 1
     ready = await put(queue, b'{"fio": "ready"}')
 
     purged = await queue.purge(delivered_before=T0 + 10, dead_before=T0 + 10, limit=10)
@@ -278,7 +277,7 @@ async def test_one_batch_settled_three_ways(queue: Queue) -> None:
         await put(queue, b'{"n": %d}' % n, key=f"k{n}", now=T0 + n)
     delivered, retried, dead = await queue.lease("lead", 3, T0 + 5, 30)
     assert await queue.ack(delivered, "7001", T0 + 6)
-    assert await queue.retry(retried, T0 + 60, "item refused for now", T0 + 6)
+    assert await queue.put_back([Back(retried, T0 + 60, "item refused for now")]) == 1
     assert await queue.bury(dead, "item invalid", T0 + 6)
     states = [await queue.status(job.id) for job in (delivered, retried, dead)]
     assert [(s.state, s.attempts) for s in states if s] == [
@@ -294,14 +293,14 @@ async def test_one_batch_settled_three_ways(queue: Queue) -> None:
 async def test_defer_counts_no_attempt(queue: Queue) -> None:
     await put(queue)
     [job] = await queue.lease("lead", 1, T0, 30)
-    assert await queue.defer(job, T0 + 3600)
+    assert await queue.put_back([Back(job, T0 + 3600)]) == 1
     status = await queue.status(job.id)
     assert status is not None
     assert (status.state, status.attempts, status.public_status) == (State.DELAYED, 0, "queued")
     assert await queue.lease("lead", 1, T0 + 3599, 30) == []
     [again] = await queue.lease("lead", 1, T0 + 3600, 30)
     assert again.id == job.id and again.attempts == 0
-    assert not await queue.defer(job, T0 + 7200)  # the older lease no longer holds it
+    assert await queue.put_back([Back(job, T0 + 7200)]) == 0  # the older lease no longer holds it
 
 
 async def test_the_same_dedup_key_on_two_sites_is_two_jobs(queue: Queue) -> None:
@@ -437,3 +436,39 @@ async def test_a_window_over_for_a_day_is_dropped(queue: Queue) -> None:
         Tally("a", "hour", HOUR_ENDS, 9, 0)]
     assert await queue.tally([Tally("a", "hour", HOUR_ENDS, 0, 0)], later) == [
         Tally("a", "hour", HOUR_ENDS, 0, 0)]
+
+
+async def test_put_back_retries_and_defers_and_skips_a_lost_lease(queue: Queue) -> None:
+    for n in range(3):
+        await put(queue, key=f"n-{n}")
+    first, second = await queue.lease("lead", 2, T0, 60)
+    [lost] = await queue.lease("lead", 1, T0, 30)
+    [taken] = await queue.lease("lead", 1, T0 + 31, 30)  # the third's lease ran out: retaken
+    assert taken.id == lost.id
+    backs = [Back(first, T0 + 40), Back(second, T0 + 40, "HTTP 503"), Back(lost, T0 + 40)]
+    assert await queue.put_back(backs) == 2
+    assert await queue.lease("lead", 3, T0 + 39, 30) == []
+    again = {job.id: job for job in await queue.lease("lead", 3, T0 + 40, 30)}
+    assert sorted(again) == sorted([first.id, second.id])
+    assert (again[first.id].attempts, again[second.id].attempts) == (0, 1)
+    status = await queue.status(second.id)
+    assert status is not None and status.last_error == "HTTP 503"
+
+
+async def test_jobs_put_back_together_are_leased_together(
+    opener: Callable[[], Awaitable[Queue]], queue: Queue,
+) -> None:
+    """A lease from another gateway while a call's jobs go back sees none of them or all."""
+    await queue.put_many([Put("lead", b"{}", f"n-{n}") for n in range(100)], T0)
+    jobs = await queue.lease("lead", 100, T0, 30)
+    other = await opener()
+    try:
+        going = asyncio.ensure_future(queue.put_back([Back(job, T0 + 1) for job in jobs]))
+        seen = []
+        while not going.done():
+            seen.append(len(await other.lease("lead", 100, T0 + 1, 30)))
+        seen.append(len(await other.lease("lead", 100, T0 + 1, 30)))
+        assert await going == 100
+    finally:
+        await other.close()
+    assert set(seen) <= {0, 100} and seen.count(100) == 1, seen

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from gateway.queue import Job, Put, PutResult, Queue, State, Status, open_queue
+from gateway.queue import Back, Job, Put, PutResult, Queue, State, Status, open_queue
 from gateway.queue.base import Link
 from gateway.queue.sqlite_schema import path_from_url
 
@@ -411,7 +411,7 @@ async def test_append_many_posts_each_in_order(queue: Queue) -> None:
 async def test_convert_makes_a_leased_job_another_kind(queue: Queue) -> None:
     created = await put(queue, b'{"fio": "x"}')
     job = await lease_one(queue, "lead", T0)
-    assert await queue.retry(job, T0 + 1, "HTTP 503", T0)
+    assert await queue.put_back([Back(job, T0 + 1, "HTTP 503")]) == 1
     job = await lease_one(queue, "lead", T0 + 1)
     assert job.attempts == 1
     assert await queue.convert(job, "comment", T0 + 2)
@@ -465,7 +465,7 @@ async def test_backlog_counts_the_visible_jobs_up_to_a_limit(queue: Queue) -> No
     await put(queue, kind="lead", now=T0 + 4, after=leased.status.id)  # held
     await put(queue, now=T0 + 5)
     [delayed] = await queue.lease("lead", 1, T0 + 5, 30)  # the oldest visible: T0 + 1's
-    assert await queue.retry(delayed, T0 + 200, "HTTP 503", T0 + 5)  # visible later too
+    assert await queue.put_back([Back(delayed, T0 + 200, "HTTP 503")]) == 1  # visible later too
     assert await queue.backlog("lead", T0 + 10, 10) == (3, T0 + 2)
     assert await queue.backlog("lead", T0 + 10, 2) == (2, T0 + 2)
     assert await queue.backlog("lead", T0 + 2.5, 10) == (1, T0 + 2)
@@ -566,7 +566,7 @@ async def test_hasten_makes_every_delayed_job_due_now_and_nothing_else(queue: Qu
     later = await put(queue, now=T0 + 100)  # queued for later: not a delayed one
     jobs = await queue.lease("lead", 3, T0 + 5, 30)
     for job, at in zip(jobs, (T0 + 500, T0 + 900, T0 + 6), strict=True):
-        assert await queue.retry(job, at, "HTTP 503", T0 + 5)
+        assert await queue.put_back([Back(job, at, "HTTP 503")]) == 1
     assert await queue.hasten(T0 + 10) == 2  # the one due at T0 + 6 was already due
     due = await queue.lease("lead", 10, T0 + 10, 30)
     assert sorted(j.id for j in due) == sorted(j.id for j in jobs)

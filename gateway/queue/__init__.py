@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from gateway.queue.base import (
     DEFAULT_SITE,
     PENDING,
+    Back,
     Job,
     Purged,
     Put,
@@ -17,6 +18,7 @@ from gateway.queue.base import (
     State,
     Stats,
     Status,
+    Tally,
 )
 
 
@@ -45,6 +47,7 @@ async def open_queue(url: str) -> Queue:
 __all__ = [
     "DEFAULT_SITE",
     "PENDING",
+    "Back",
     "Job",
     "Purged",
     "Put",
@@ -55,5 +58,6 @@ __all__ = [
     "State",
     "Stats",
     "Status",
+    "Tally",
     "open_queue",
 ]

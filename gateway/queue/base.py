@@ -152,6 +152,15 @@ class Stats:
     oldest_pending_at: float | None
 
 
+class Back(NamedTuple):
+    """A leased job going back to wait until ``at``: a retry, counting an attempt and keeping
+    ``error``, or, without one, a deferral (no attempt counted)."""
+
+    job: Job
+    at: float
+    error: str | None = None
+
+
 class Tally(NamedTuple):
     """Points of one site's hour or day (``span``), named by the moment it ends; ``bulk``:
     of those, what kinds other than leads spent (an hour's only). Sent to the store as what
@@ -208,12 +217,12 @@ class Queue(Protocol):
     async def chain(self, site: str, chain: str) -> list[Status]:
         """The jobs of a chain, oldest first."""
 
-    async def retry(self, job: Job, at: float, error: str, now: float) -> bool:
-        """Make the job visible again at ``at``, counting the attempt."""
-
-    async def defer(self, job: Job, until: float) -> bool:
-        """Make the job visible again at ``until`` without counting an attempt (a budget or a
-        pause held it back; it was not sent)."""
+    async def put_back(self, backs: Sequence[Back]) -> int:
+        """Make each leased job visible again at its ``at``: counting the attempt and keeping
+        its error (a retry), or without an error counting none (deferred: a budget or a pause
+        held it back, or another item of its call failed). In one transaction, so that the
+        jobs of one call come back together (a lease taken meanwhile sees all or none); how
+        many still held their lease."""
 
     async def release(self, job: Job) -> bool:
         """Give a lease back unsent (shutdown): visible at once, no attempt counted."""

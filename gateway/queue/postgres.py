@@ -37,7 +37,7 @@ from gateway.queue.base import (
 from gateway.queue.postgres_batch import Batcher
 from gateway.queue.postgres_listen import Listener
 from gateway.queue.postgres_schema import SESSION_SETTINGS, Conn, check_durable, migrate
-from gateway.queue.settling import Settling, Statements
+from gateway.queue.settling import Settling, Statements, Update
 from gateway.queue.waiting import wait_until_due
 
 T = TypeVar("T")
@@ -186,6 +186,9 @@ class PostgresQueue(Settling):
 
     async def _finish(self, job: Job, update: str, *args: object) -> bool:
         return await self._run(lambda conn: sql.finish(conn, job, update, args))
+
+    async def _finish_many(self, updates: Sequence[Update]) -> int:
+        return await self._run(lambda conn: sql.finish_many(conn, updates))
 
 
     async def status(self, job_id: str) -> Status | None:

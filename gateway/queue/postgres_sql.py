@@ -152,6 +152,14 @@ async def finish(conn: Conn, job: Job, update: str, args: tuple[object, ...]) ->
     return _count(await conn.execute(update, job.id, job.lease, *args)) == 1
 
 
+async def finish_many(
+    conn: Conn, updates: Sequence[tuple[Job, str, tuple[object, ...]]]
+) -> int:
+    """:func:`finish` of each, in one transaction (one commit, not one a job)."""
+    async with conn.transaction():
+        return sum([await finish(conn, job, update, args) for job, update, args in updates])
+
+
 def _count(tag: str) -> int:
     """The number of rows in a command tag such as ``UPDATE 3``."""
     return int(tag.rsplit(" ", 1)[-1])

@@ -34,7 +34,7 @@ from gateway.queue.base import (
     Status,
     Tally,
 )
-from gateway.queue.settling import Settling, Statements
+from gateway.queue.settling import Settling, Statements, Update
 from gateway.queue.sqlite_schema import connect, migrate, path_from_url
 from gateway.queue.waiting import wait_until_due
 from gateway.queue.writer import Writer
@@ -192,6 +192,11 @@ class SQLiteQueue(Settling):
 
     async def _finish(self, job: Job, update: str, *args: object) -> bool:
         return await self._tx(lambda conn: sql.finish(conn, job, update, args))
+
+    async def _finish_many(self, updates: Sequence[Update]) -> int:
+        return await self._tx(
+            lambda conn: sum(sql.finish(conn, job, update, args) for job, update, args in updates)
+        )
 
 
     async def status(self, job_id: str) -> Status | None:

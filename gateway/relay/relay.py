@@ -21,7 +21,7 @@ from typing import Protocol
 from gateway.calltouch.answers import Convert, Defer, Delivered, Permanent, Retry, Verdict
 from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.ops.metrics import Metrics
-from gateway.queue import Job, Queue
+from gateway.queue import Back, Job, Queue
 from gateway.relay.gates import Gate, Ticket, abandon, admit_all, urgency
 from gateway.relay.pacing import backoff
 from gateway.relay.points import Points
@@ -273,8 +273,7 @@ class Relay:
         if self._points is not None:
             self._points.heard(jobs[0].site, sender.kind, sender.method, verdicts)
         self._count_call(sender.method, verdicts, time.monotonic() - started)
-        for job, verdict in zip(jobs, verdicts, strict=True):
-            await self._settle(job, verdict)
+        await self._settle_all(jobs, verdicts)
 
     def _verdicts(self, sender: Sender, reply: Reply, jobs: list[Job]) -> list[Verdict]:
         refused = None if self._points is None else self._points.refused(reply)
@@ -294,15 +293,43 @@ class Relay:
             self._metrics.auth_failures.labels(method).inc()
             log.error("calltouch refused the credentials method=%s: its jobs wait", method)
 
+    async def _settle_all(self, jobs: list[Job], verdicts: list[Verdict]) -> None:
+        """Each job by its verdict; those that go back to wait go back together, in one
+        transaction: a lease taken meanwhile would send part of them in a call of its own."""
+        now = self._clock()
+        # One draw of the backoff's jitter a call, not a job: jobs that failed together come
+        # back at one moment and go in one call again.
+        rand = random.random()
+        backs = []
+        for job, verdict in zip(jobs, verdicts, strict=True):
+            back = self._back(job, verdict, now, rand)
+            if back is None:
+                await self._settle(job, verdict)
+            else:
+                backs.append(back)
+        if backs:
+            await self._queue.put_back(backs)
+
+    def _back(self, job: Job, verdict: Verdict, now: float, rand: float) -> Back | None:
+        """How ``job`` waits for another try; ``None``: it does not (delivered, dead)."""
+        if isinstance(verdict, Defer):  # not applied, not its fault: no attempt spent
+            return Back(job, now + verdict.delay)
+        if not isinstance(verdict, Retry) or now - job.created_at > self._max_age:
+            return None
+        delay = max(backoff(job.attempts + 1, rand=rand), verdict.retry_after or 0.0)
+        log.warning(
+            "retry job=%s code=%s attempts=%d in=%.1fs",
+            job.id, verdict.code, job.attempts + 1, delay,
+        )
+        return Back(job, now + delay, verdict.detail)
+
     async def _settle(self, job: Job, verdict: Verdict) -> None:
         now = self._clock()
         if isinstance(verdict, Delivered):
             if await self._queue.ack(job, verdict.upstream_id, now, verdict.details):
                 self._count_delivered(job, now)
-        elif isinstance(verdict, Retry):
-            await self._retry(job, verdict, now)
-        elif isinstance(verdict, Defer):  # not applied, not its fault: no attempt spent
-            await self._queue.defer(job, now + verdict.delay)
+        elif isinstance(verdict, Retry):  # too old for another try
+            await self._bury(job, "expired", f"expired after retries; last: {verdict.detail}", now)
         elif isinstance(verdict, Convert):
             await self._queue.convert(job, verdict.kind, now)
             log.info("converted job=%s kind=%s to=%s", job.id, job.kind, verdict.kind)
@@ -317,17 +344,6 @@ class Relay:
             self._metrics.delivered.labels(job.site).inc()
             self._metrics.delivery_seconds.labels(job.site).observe(seconds)
         log.info("delivered job=%s kind=%s attempts=%d", job.id, job.kind, job.attempts + 1)
-
-    async def _retry(self, job: Job, verdict: Retry, now: float) -> None:
-        if now - job.created_at > self._max_age:
-            await self._bury(job, "expired", f"expired after retries; last: {verdict.detail}", now)
-            return
-        delay = max(backoff(job.attempts + 1, rand=random.random()), verdict.retry_after or 0.0)
-        await self._queue.retry(job, now + delay, verdict.detail, now)
-        log.warning(
-            "retry job=%s code=%s attempts=%d in=%.1fs",
-            job.id, verdict.code, job.attempts + 1, delay,
-        )
 
     async def _bury(self, job: Job, reason: str, detail: str, now: float) -> None:
         if await self._queue.bury(job, detail, now):
