@@ -125,6 +125,8 @@ def _recovery_args(parser: argparse.ArgumentParser) -> None:
                        help="outage lengths in seconds, comma-separated")
     group.add_argument("--leads", type=int, default=_RECOVERY.leads,
                        help="leads queued during each outage")
+    group.add_argument("--probe-max", type=float, default=_RECOVERY.probe_max,
+                       help="CTGW_PROBE_MAX in seconds: the longest gap between two probes")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,8 +175,9 @@ def _run(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ), workdir / "deals")
     if name == "recovery":
         outages = tuple(float(s) for s in args.outages.split(","))
-        return recovery.run(recovery.RecoveryOptions(outages=outages, leads=args.leads),
-                            workdir / "recovery")
+        opts = recovery.RecoveryOptions(outages=outages, leads=args.leads,
+                                        probe_max=args.probe_max)
+        return recovery.run(opts, workdir / "recovery")
     if name == "flood":
         return flood.run(flood.FloodOptions(
             leads=args.flood_leads, rate=args.flood_rate, connections=args.junk_connections,

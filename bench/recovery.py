@@ -5,13 +5,13 @@ own SQLite queue. One warm-up lead is delivered (and then forgotten by the sandb
 sandbox answers 503 to everything, the backlog is posted to ``/leads`` (as a browser's snippet
 does) at the outage's start, and the outage lasts its full length from there; then the
 sandbox answers again. The gateway's health gate finds it down after 3 failures and sends one
-probe at a time, at 1, 2, 4, 8, 8, ... s; the first probe answered makes every waiting job
-due, and the pacer drains them at ``CTGW_RATE``.
+probe at a time, at 1, 2, 4, 8, 8, ... s (``--probe-max`` sets ``CTGW_PROBE_MAX``, the cap);
+the first probe answered makes every waiting job due, and the pacer drains them at ``CTGW_RATE``.
 
 Measured on the sandbox's arrival stamps (``CLOCK_MONOTONIC``, one clock for every process):
 the calls that reached it during the outage, set against what the probe schedule allows; and
 the seconds from the outage's end to the last lead it answered 200, set against the ideal
-``backlog / rate``. That recovery splits into the wait for the next probe (up to the 8 s cap)
+``backlog / rate``. That recovery splits into the wait for the next probe (up to the cap)
 and the drain after it. The gateway's own ``/metrics`` must show the queue empty too.
 """
 
@@ -29,8 +29,8 @@ from bench import probe, procs, relay
 from bench.relay import densest_window
 from bench.report import Row, say
 
-# The health gate's defaults (gateway.relay.health.Health): the schedule the calls are set against.
-THRESHOLD, FIRST_PROBE, MAX_PROBE = 3, 1.0, 8.0
+# The health gate's (gateway.relay.health.Health): the schedule the calls are set against.
+THRESHOLD, FIRST_PROBE = 3, 1.0
 _HEALTHY = re.compile(r"^ctgw_upstream_healthy\{[^}]*\} (\S+)$", re.MULTILINE)
 _JOBS = re.compile(r'^ctgw_queue_jobs\{state="([^"]+)"\} (\S+)$', re.MULTILINE)
 _PENDING = ("ready", "leased", "delayed", "held")
@@ -44,20 +44,21 @@ class RecoveryOptions:
     rate: float = 5.0
     post_concurrency: int = 16
     poll: float = 0.5  # seconds between looks at the gateway's /metrics during the outage
+    probe_max: float = 8.0  # CTGW_PROBE_MAX
 
     @property
     def ideal_seconds(self) -> float:
         return self.leads / self.rate
 
 
-def scheduled_calls(outage: float, down_at: float, latency: float) -> int:
+def scheduled_calls(outage: float, down_at: float, latency: float, cap: float) -> int:
     """Calls the gate allows in ``outage`` seconds if it closed ``down_at`` seconds in: the
-    failures that closed it, then probes at 1, 2, 4, 8, 8, ... s, each interval counted from
-    the previous probe's answer (``latency`` after it left)."""
+    failures that closed it, then probes at 1, 2, 4 ... s up to ``cap``, each interval counted
+    from the previous probe's answer (``latency`` after it left)."""
     calls, interval, at = THRESHOLD, FIRST_PROBE, down_at + FIRST_PROBE
     while at < outage:
         calls += 1
-        interval = min(MAX_PROBE, interval * 2)
+        interval = min(cap, interval * 2)
         at += latency + interval
     return calls
 
@@ -115,7 +116,7 @@ def _outage(outage: float, opts: RecoveryOptions, workdir: Path) -> dict[str, An
     workdir.mkdir(parents=True)
     with procs.sandbox(workdir, opts.latency) as sandbox:
         extra = {"CTGW_CALLTOUCH_URL": sandbox.url, "CTGW_SITE_ID": procs.SITE_ID,
-                 "CTGW_RATE": f"{opts.rate:g}"}
+                 "CTGW_RATE": f"{opts.rate:g}", "CTGW_PROBE_MAX": f"{opts.probe_max:g}s"}
         with procs.gateway(workdir, workdir / "queue.db", extra=extra) as gateway:
             _warm_up(sandbox, gateway)
             steal = probe.cpu_times()
@@ -153,7 +154,8 @@ def _summarise(outage: float, opts: RecoveryOptions, marks: Mapping[str, Any],
         "calls_before_down": None if down_at is None
         else sum(1 for a in during if a["at"] < started + down_at),
         "statuses_during": _counts(during),
-        "scheduled_calls": scheduled_calls(outage, down_at or 0.0, mean_latency),
+        "scheduled_calls": scheduled_calls(outage, down_at or 0.0, mean_latency,
+                                           opts.probe_max),
         "recovery_seconds": round(recovery, 3),
         "ratio_to_ideal": round(recovery / opts.ideal_seconds, 4),
         "first_call_after_s": round(first - ended, 3),
@@ -179,7 +181,8 @@ def _counts(arrivals: list[dict[str, Any]]) -> dict[str, int]:
 
 def run(opts: RecoveryOptions, workdir: Path) -> dict[str, Any]:
     say(f"recovery: outages {list(opts.outages)} s, {opts.leads} leads queued in each, "
-        f"{opts.rate:g}/s (ideal drain {opts.ideal_seconds:.0f} s), sandbox latency "
+        f"{opts.rate:g}/s (ideal drain {opts.ideal_seconds:.0f} s), probes up to "
+        f"{opts.probe_max:g} s apart, sandbox latency "
         f"{opts.latency}; about {sum(opts.outages) / 60 + len(opts.outages):.0f} min")
     points = []
     for outage in opts.outages:
@@ -203,22 +206,22 @@ def rows(result: Mapping[str, Any]) -> list[Row]:
 
 
 def _point_rows(p: Mapping[str, Any], opts: Mapping[str, Any]) -> list[Row]:
-    ideal, rate = p["ideal_seconds"], opts["rate"]
+    ideal, rate, cap = p["ideal_seconds"], opts["rate"], opts.get("probe_max", 8.0)
     complete = p["unique_delivered"] == p["leads"] and not p["timed_out"]
-    ok = complete and p["recovery_seconds"] <= 1.2 * ideal + MAX_PROBE
+    ok = complete and p["recovery_seconds"] <= 1.2 * ideal + cap
     clean = p["rate_limited_429"] == 0 and p["max_in_window"] <= rate and p["duplicates"] == 0
     empty = p["queue_empty_after_s"]
-    wait_bound = MAX_PROBE + opts["latency"][1]  # the last probe's answer starts the interval
+    wait_bound = cap + opts["latency"][1]  # the last probe's answer starts the interval
     return [
         Row(f"recovery after a {p['outage_seconds']:g} s outage, {p['leads']} leads queued",
             f"{p['recovery_seconds']:.1f} s", f"{ideal:g} s ideal", _x(p["ratio_to_ideal"]),
-            f"<= 1.2x + {MAX_PROBE:g} s, all delivered", ok),
+            f"<= 1.2x + {cap:g} s, all delivered", ok),
         Row("  calls during the outage (before the gate closed)",
             f"{p['calls_during']} ({p['calls_before_down']})",
             f"{p['scheduled_calls']} by the schedule",
             _x(p["calls_during"] / p["scheduled_calls"]), "-", None),
         Row("  its end to the first call (the next probe)", f"{p['first_call_after_s']:.1f} s",
-            f"{MAX_PROBE:g} s cap", "-", f"<= {wait_bound:g} s",
+            f"{cap:g} s cap", "-", f"<= {wait_bound:g} s",
             p["first_call_after_s"] <= wait_bound),
         Row("  first call to last delivery", f"{p['drain_seconds']:.1f} s",
             f"{ideal:g} s ideal", _x(p["drain_seconds"] / ideal), "-", None),

@@ -116,6 +116,9 @@ class Settings:
     log_level: str = DEFAULT_LOG_LEVEL
     max_body: int = 64 * 1024
     upstream_timeout: float = 15.0
+    # While Calltouch is down, probes go 1, 2, 4 ... s apart up to this: a longer cap sends
+    # fewer calls into an outage and sees its end later.
+    probe_max: float = 8.0
     concurrency: int = 16
     shutdown_grace: float = 10.0
     header_timeout: float = 10.0
@@ -273,6 +276,13 @@ def parse_timeout(raw: str) -> float:
     return seconds
 
 
+def parse_probe_max(raw: str) -> float:
+    seconds = parse_duration(raw)
+    if not 1 <= seconds <= 30:
+        raise ValueError("expected a duration from 1s to 30s")
+    return seconds
+
+
 def parse_weights(raw: str) -> BotWeights:
     weights: dict[str, int] = {}
     for item in raw.split(","):
@@ -378,6 +388,7 @@ def from_env(env: Mapping[str, str], *, sandbox: bool = False) -> Settings:
         header_timeout=_parse(env, "CTGW_HEADER_TIMEOUT", parse_timeout, d.header_timeout),
         body_timeout=_parse(env, "CTGW_BODY_TIMEOUT", parse_timeout, d.body_timeout),
         max_connections=_parse(env, "CTGW_MAX_CONNECTIONS", parse_count, d.max_connections),
+        probe_max=_parse(env, "CTGW_PROBE_MAX", parse_probe_max, d.probe_max),
         bot_min_elapsed=_parse(env, "CTGW_BOT_MIN_ELAPSED", parse_duration, d.bot_min_elapsed),
         bot_weights=_parse(env, "CTGW_BOT_WEIGHTS", parse_weights, d.bot_weights),
         bot_threshold=_parse(env, "CTGW_BOT_THRESHOLD", parse_count, d.bot_threshold),

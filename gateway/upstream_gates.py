@@ -43,7 +43,7 @@ def health_gate(queue: Queue, metrics: Metrics, settings: Settings) -> Health:
     healthy = metrics.upstream_healthy.labels(DEFAULT_SITE)
     healthy.set(1)
     return Health(on_change=lambda up: healthy.set(1 if up else 0), on_recovered=Hastener(queue),
-                  probe_deadline=settings.upstream_timeout + 5.0)
+                  max_probe=settings.probe_max, probe_deadline=settings.upstream_timeout + 5.0)
 
 
 async def fleet_health_gate(queue: Queue, metrics: Metrics, settings: Settings) -> FleetHealth:
@@ -56,7 +56,7 @@ async def fleet_health_gate(queue: Queue, metrics: Metrics, settings: Settings) 
     healthy.set(1)
     return await FleetHealth.open(
         settings.queue_url, settings.egress,
-        rules=Rules(probe_deadline=settings.upstream_timeout + 5.0),
+        rules=Rules(max_probe=settings.probe_max, probe_deadline=settings.upstream_timeout + 5.0),
         on_change=lambda up: healthy.set(1 if up else 0), on_recovered=Hastener(queue),
     )
 

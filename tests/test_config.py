@@ -68,6 +68,9 @@ def test_defaults() -> None:
     ("CTGW_MAX_AGE", "30s", "max_age", 30.0),
     ("CTGW_TIMEZONE", "UTC", "timezone", "UTC"),
     ("CTGW_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("CTGW_PROBE_MAX", "4s", "probe_max", 4.0),
+    ("CTGW_PROBE_MAX", "30s", "probe_max", 30.0),
+    ("CTGW_PROBE_MAX", "", "probe_max", 8.0),
 ])
 def test_good_values(variable: str, raw: str, attribute: str, value: object) -> None:
     assert getattr(from_env({**SITE, variable: raw}), attribute) == value
@@ -123,6 +126,9 @@ def test_good_values(variable: str, raw: str, attribute: str, value: object) -> 
     ("CTGW_TIMEZONE", "Europe"),                # a directory of zones, not a zone
     ("CTGW_TIMEZONE", "../../etc/passwd"),
     ("CTGW_LOG_LEVEL", "verbose"),
+    ("CTGW_PROBE_MAX", "500ms"),
+    ("CTGW_PROBE_MAX", "1m"),
+    ("CTGW_PROBE_MAX", "8"),
 ])
 def test_bad_values_name_the_variable(variable: str, raw: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,10 +19,12 @@ from gateway.relay.gates import admit_all
 from gateway.relay.health import Health, HealthTicket
 from gateway.sandbox.server import SandboxThread
 from tests.support import (
+    QUEUE_BACKENDS,
     Gateway,
     eventually,
     lead,
     post_lead,
+    queue_url_of,
     sandbox_config,
     sandbox_requests,
 )
@@ -240,6 +244,50 @@ async def test_an_outage_costs_few_calls_and_the_backlog_drains_at_full_rate_aft
               f" {recovery:.1f}s after it ended (ideal {ideal:.0f}s: {recovery / ideal:.2f}x)")
     assert during <= 15  # 3 to find it down, then probes at 1, 2, 4, 8, 8, … seconds
     assert recovery <= 1.2 * ideal + 8.0  # the probe interval's cap, then the pacer's rate
+
+
+PROBE_MAX = 2.0
+
+
+@pytest.fixture(params=QUEUE_BACKENDS)
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new store on each backend: SQLite's gate is the process's, PostgreSQL's the fleet's."""
+    return queue_url_of(request, tmp_path)
+
+
+@pytest.mark.timeout(120)
+async def test_ctgw_probe_max_caps_the_gap_between_probes_and_the_wait_after_an_outage(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings,
+    sandbox: SandboxThread, http: aiohttp.ClientSession, queue_url: str,
+) -> None:
+    gw = await start_gateway(
+        dataclasses.replace(settings, queue_url=queue_url, probe_max=PROBE_MAX))
+    assert (await post_lead(http, gw.url, lead(0)))[0] == 202
+
+    async def answered(count: int) -> bool:
+        rows = await sandbox_requests(http, sandbox.url)
+        return bool(sum(r["status"] == 200 for r in rows) >= count)
+
+    await eventually(lambda: answered(1), timeout=10, interval=0.05)  # the gate knows it is up
+    await sandbox_config(http, sandbox.url, fault="503", fault_rate=1.0, latency=[0.0, 0.05])
+    started = time.monotonic()
+    for n in range(1, 11):
+        assert (await post_lead(http, gw.url, lead(n)))[0] == 202
+    await asyncio.sleep(12.0 - (time.monotonic() - started))  # the outage itself is the test
+    await sandbox_config(http, sandbox.url, fault=None)
+    ended = time.monotonic()
+    await eventually(lambda: answered(11), timeout=30, interval=0.1)
+
+    rows = await sandbox_requests(http, sandbox.url)
+    failed = sorted(r["at"] for r in rows if r["status"] == 503)
+    # The failures that closed the gate came at once (a window's worth); the probes after.
+    probes = [at for at in failed if at > failed[2] + 0.5]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    first_after = min(r["at"] for r in rows if r["status"] == 200 and r["at"] >= ended)
+    # The default cap's schedule (1, 2, 4, 8 s) would show a gap of 4 s and 3 probes at most.
+    assert len(probes) >= 5, probes
+    assert max(gaps) <= PROBE_MAX + 0.5, gaps
+    assert first_after - ended <= PROBE_MAX + 0.5
 
 
 async def test_a_first_call_never_made_holds_a_new_gate_only_a_first_probes_interval() -> None:

@@ -131,8 +131,9 @@ async def test_bulk_stops_at_the_reserve_leads_go_on_the_rest_next_hour(rig: Rig
     await eventually(reserve_reached, timeout=20)
     await rig.queue.put_many([lead_put(n) for n in range(6)], time.time())
 
-    async def reserve_spent() -> bool:  # five leads at 1 point; the sixth waits
-        return len(await calls(rig, "register")) == 5
+    async def reserve_spent() -> bool:  # five leads at 1 point, answered; the sixth waits
+        delivered = (await states(rig))[State.DELIVERED]
+        return len(await calls(rig, "register")) == 5 and delivered == 900 + 5
     await eventually(reserve_spent, timeout=10)
     counts = await states(rig)
     assert counts[State.READY] == 600 + 1, counts  # waiting for points, not leased, not delayed

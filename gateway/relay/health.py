@@ -73,9 +73,9 @@ class Health:
         # work, and a new process knows of none (a restart mid-outage would send a burst).
         self._known = False
         self._threshold = threshold
-        # The cap trades calls for delay: a 3-minute outage across a restart costs about
-        # 2 * (1 + 3 + 83 s / 8 s) ~ 28 calls, and its end is seen up to 8 s late (a cap of
-        # 4 s would see it within 4 s, for about 48 calls).
+        # The cap (CTGW_PROBE_MAX) trades calls for delay: a 3-minute outage across a restart
+        # costs about 2 * (1 + 3 + 83 s / 8 s) ~ 28 calls, and its end is seen up to 8 s late
+        # (a cap of 4 s would see it within 4 s, for about 48 calls).
         self._first, self._max = first_probe, max_probe
         # A probe whose call never came (nothing left to lease) frees the slot after this.
         self._deadline = probe_deadline
