@@ -4,9 +4,10 @@ it is due, a wake-up comes, or a poll interval passes, whichever is first."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
+
+from gateway.waits import wait_set
 
 
 async def wait_until_due(
@@ -29,5 +30,4 @@ async def wait_until_due(
         if left <= 0:
             return False
         wait = min(left, poll, left if at is None else at - now)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), wait)
+        await wait_set(woken, wait)

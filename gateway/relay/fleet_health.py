@@ -38,6 +38,7 @@ from gateway.relay.fleet_health_rules import DEFAULTS, News, Rules, State
 from gateway.relay.fleet_pace import CLOSE_SECONDS, COMMAND_SECONDS, CONNECT_SECONDS
 from gateway.relay.gates import Turns, urgency
 from gateway.relay.health import OUTAGE_CODES
+from gateway.waits import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,7 @@ class FleetHealth:
         return FleetHealthTicket(self, None)
 
     async def _wait(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._woken.wait(), max(0.0, seconds))
+        await wait_set(self._woken, seconds)
 
     def record(self, outage: bool, token: str | None) -> None:
         """Have the database hear how a call went, in order, without making it wait."""

@@ -17,13 +17,13 @@ Success lets every call through; a failure makes it *down* at once, its probes s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from gateway.calltouch.answers import Retry
 from gateway.calltouch.client import Reply
+from gateway.waits import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ class Health:
 
     async def _wait(self, seconds: float) -> None:
         self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+        await wait_set(self._changed, seconds)
 
     def failed(self, probe: bool) -> None:
         self._failures += 1
