@@ -6,6 +6,7 @@ each call as the test says; the queue is a real SQLite file.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,16 @@ async def test_a_mixed_answer_settles_each_job_by_its_own_verdict(rig: Rig) -> N
             assert status.last_error == f"item {n} refused"
     assert rig.metrics.registry.get_sample_value(
         "ctgw_jobs_dead_total", {"kind": KIND, "reason": "item_error", "site": "default"}) == 33
+
+
+async def test_a_retry_leaves_the_global_random_state_alone(rig: Rig) -> None:
+    """The backoff's jitter comes from the relay's own generator: a draw from the global one
+    would move state that other code on other threads reads (hypothesis refuses it)."""
+    rig.upstream.mode = "mixed"
+    before = random.getstate()
+    counts = await put_and_settle(rig, 3)
+    assert counts[State.DELAYED] == 1  # a retry was settled, so a jitter was drawn
+    assert random.getstate() == before
 
 
 async def _all_jobs(rig: Rig) -> list[Job]:

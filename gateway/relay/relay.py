@@ -85,6 +85,9 @@ class Relay:
         self._lease_timeout = lease_timeout
         self._max_age = max_age
         self._clock = clock
+        # Its own generator: a draw must not move the process's global ``random`` state, which
+        # other code (a sandbox, a property test's generator) may be reading on another thread.
+        self._jitter = random.Random()
         self._dispatchers: list[asyncio.Task[None]] = []
         self._inflight: dict[asyncio.Task[None], list[Job]] = {}
         # Urgent kinds (leads) with visible work. The gates serve a lead before a batch only
@@ -299,7 +302,7 @@ class Relay:
         now = self._clock()
         # One draw of the backoff's jitter a call, not a job: jobs that failed together come
         # back at one moment and go in one call again.
-        rand = random.random()
+        rand = self._jitter.random()
         backs = []
         for job, verdict in zip(jobs, verdicts, strict=True):
             back = self._back(job, verdict, now, rand)
