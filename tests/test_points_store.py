@@ -4,7 +4,7 @@ gateways on one store spend one budget (real SQLite files, the session's real Po
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +16,7 @@ import pytest
 from gateway.config import Settings
 from gateway.queue import Queue, State, open_queue
 from gateway.queue.base import QueueError, Tally
-from gateway.relay.points import HOUR, Budget, Points
+from gateway.relay.points import FOLLOW, HOUR, Budget, Points
 from gateway.sandbox.server import SandboxThread
 from tests.conftest import Gateway
 from tests.support import (
@@ -25,9 +25,10 @@ from tests.support import (
     lead,
     post_lead,
     queue_url_of,
+    sandbox_config,
     sandbox_requests,
 )
-from tests.test_points import CREATE, DEAL, LEAD, REGISTER, Clock, moscow, spend
+from tests.test_points import CREATE, DEAL, LEAD, OK, REGISTER, Clock, moscow, refusal, spend
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 
@@ -151,6 +152,93 @@ async def test_an_hour_that_ends_during_a_sync_starts_empty(tmp_path: Path) -> N
     assert points.remaining("shop", HOUR) == 50
 
 
+# A refusal for points, heard by one gateway of a fleet, holds them all; one probe resumes them.
+
+
+def refusable(clock: Clock) -> tuple[Points, list[bool]]:
+    changes: list[bool] = []
+    ledger = Points({"shop": Budget(per_hour=9000)}, probe_every=300.0, clock=clock,
+                    on_refused=lambda site, refused: changes.append(refused))
+    return ledger, changes
+
+
+def refuse(ledger: Points) -> None:
+    """A lead's call, refused by Calltouch for the site's points."""
+    verdict = ledger.refused(refusal())
+    assert verdict is not None and ledger.take("shop", LEAD, REGISTER)
+    ledger.heard("shop", LEAD, REGISTER, [verdict])
+
+
+async def sync_all(pairs: Sequence[tuple[Points, Queue]]) -> None:
+    for ledger, store in pairs:
+        await ledger.sync(store)
+
+
+@pytest.fixture
+async def stores(queue_url: str) -> AsyncIterator[list[Queue]]:
+    """Two gateways' stores: two connections to one file or database."""
+    opened = [await open_queue(queue_url), await open_queue(queue_url)]
+    yield opened
+    for store in opened:
+        await store.close()
+
+
+async def test_a_refusal_one_gateway_hears_holds_the_fleet_until_its_probe_passes(
+    stores: list[Queue],
+) -> None:
+    clock = Clock(moscow(10, 20))
+    (prober, heard), (other, told) = refusable(clock), refusable(clock)
+    pairs = list(zip((prober, other), stores, strict=True))
+    await sync_all(pairs)
+    refuse(prober)
+    await sync_all(pairs)
+    assert heard == told == [True]
+    # The other waits for the prober's probe, and a while after it before its own.
+    assert prober.until("shop", LEAD, REGISTER) == moscow(10, 25).timestamp()
+    assert other.until("shop", LEAD, REGISTER) == moscow(10, 25).timestamp() + FOLLOW
+    clock.now = moscow(10, 25).timestamp()
+    assert prober.take("shop", LEAD, REGISTER)  # the probe
+    assert not other.take("shop", LEAD, REGISTER)
+    prober.heard("shop", LEAD, REGISTER, OK)  # it passed
+    await sync_all(pairs)
+    restarted, learned = refusable(clock)
+    await restarted.sync(stores[1])
+    assert heard == told == [True, False]
+    assert other.until("shop", DEAL, REGISTER) is None
+    assert learned == [] and restarted.until("shop", LEAD, REGISTER) is None
+
+
+async def test_the_gateway_that_heard_the_latest_refusal_is_the_one_that_probes(
+    stores: list[Queue],
+) -> None:
+    clock = Clock(moscow(10, 20))
+    (first, _), (second, _) = refusable(clock), refusable(clock)
+    pairs = list(zip((first, second), stores, strict=True))
+    refuse(first)  # both heard a refusal before either had synced
+    clock.now += 1
+    refuse(second)
+    await sync_all(pairs)  # the first synced before the second's refusal was in the store
+    await sync_all(pairs)
+    restarted, learned = refusable(clock)  # a gateway that heard none: it waits as well
+    await restarted.sync(stores[0])
+    latest = moscow(10, 20, 1).timestamp()
+    assert second.until("shop", LEAD, REGISTER) == latest + 300
+    assert first.until("shop", LEAD, REGISTER) == latest + 300 + FOLLOW
+    assert learned == [True] and restarted.until("shop", LEAD, REGISTER) == latest + 300 + FOLLOW
+
+
+async def test_a_refusal_of_the_hour_before_does_not_hold_the_next(stores: list[Queue]) -> None:
+    clock = Clock(moscow(10, 58))
+    (first, _), (second, told) = refusable(clock), refusable(clock)
+    pairs = list(zip((first, second), stores, strict=True))
+    refuse(first)
+    await sync_all(pairs)
+    clock.now = moscow(11).timestamp()
+    await sync_all(pairs)
+    assert told == [True, False]
+    assert first.until("shop", LEAD, REGISTER) is second.until("shop", LEAD, REGISTER) is None
+
+
 # The whole gateway: its spending reaches the store before it stops, and a new one reads it
 # before its relay starts.
 
@@ -221,3 +309,49 @@ async def test_two_gateways_on_one_postgresql_spend_one_hour(
         return left == [0, 0] and len(taken) == spent()
     await eventually(hour_spent, timeout=30)
     assert budget <= spent() <= budget + settings.rate, spent()
+
+
+async def test_one_gateway_of_a_fleet_hears_the_refusal_and_probes_for_all(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings,
+    postgres_url: str, sandbox: SandboxThread, http: aiohttp.ClientSession,
+) -> None:
+    """Only one gateway of the two makes refused calls; the other sends nothing until that
+    one's probe passes, then both deliver. (The probes are 5 s apart, not 5 min: still far
+    more than the second a refusal takes to reach the other through the store, or the other
+    could take the refused job when it is due again, before it has heard.)"""
+    await seconds_left_in_the_hour(90)
+    settings = replace(settings, queue_url=postgres_url,
+                       points=replace(settings.points, per_hour=1000, probe_every=5.0))
+    fleet = [await start_gateway(settings), await start_gateway(settings)]
+
+    def sample(gw: Gateway, name: str, **labels: str) -> float:
+        return gw.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def calls(gw: Gateway, outcome: str) -> float:
+        return sample(gw, "ctgw_upstream_requests_total", method="register", outcome=outcome)
+
+    async def both_refused() -> bool:
+        return all(sample(gw, "ctgw_points_refused", site="default") == 1 for gw in fleet)
+
+    await sandbox_config(http, sandbox.url, fault="points")
+    assert (await post_lead(http, fleet[0].url, lead(0)))[0] == 202
+    await eventually(both_refused, timeout=15)
+    for n in range(1, 6):
+        assert (await post_lead(http, fleet[n % 2].url, lead(n)))[0] == 202
+    prober, other = sorted(fleet, key=lambda gw: -calls(gw, "points_exhausted"))
+
+    async def probed_twice_more() -> bool:  # two probes' time: the other stays quiet
+        return calls(prober, "points_exhausted") >= 3
+    await eventually(probed_twice_more, timeout=30)
+    assert calls(other, "points_exhausted") == 0 and calls(other, "ok") == 0
+    await sandbox_config(http, sandbox.url, fault=None)
+
+    async def all_delivered() -> bool:
+        return sum(sample(gw, "ctgw_leads_delivered_total", site="default")
+                   for gw in fleet) == 6
+    await eventually(all_delivered, timeout=30)
+
+    async def both_resumed() -> bool:  # the other at its next sync, if the prober sent all
+        return all(sample(gw, "ctgw_points_refused", site="default") == 0 for gw in fleet)
+    await eventually(both_resumed, timeout=5)
+    assert calls(other, "points_exhausted") == 0

@@ -429,6 +429,20 @@ async def test_a_tally_given_back_below_zero_reads_as_zero_and_still_counts(queu
         Tally("a", "hour", HOUR_ENDS, 3, 1)]
 
 
+async def test_an_hours_refusal_and_resumption_keep_the_latest_of_every_process(
+    opener: Callable[[], Awaitable[Queue]], queue: Queue,
+) -> None:
+    other = await opener()
+    try:
+        first = await queue.tally([Tally("a", "hour", HOUR_ENDS, 1, 0, T0 + 5, 0.0)], T0)
+        second = await other.tally([Tally("a", "hour", HOUR_ENDS, 0, 0, T0 + 3, T0 + 4)], T0)
+        again = await queue.tally([Tally("a", "hour", HOUR_ENDS, 0, 0)], T0)
+    finally:
+        await other.close()
+    assert first == [Tally("a", "hour", HOUR_ENDS, 1, 0, T0 + 5, 0.0)]
+    assert second == again == [Tally("a", "hour", HOUR_ENDS, 1, 0, T0 + 5, T0 + 4)]
+
+
 async def test_a_window_over_for_a_day_is_dropped(queue: Queue) -> None:
     await queue.tally([Tally("a", "hour", HOUR_ENDS, 9, 0)], T0)
     later = HOUR_ENDS + 86_400 + 1

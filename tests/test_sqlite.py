@@ -15,6 +15,7 @@ import pytest
 
 from gateway.queue import Put, QueueError, State, open_queue
 from gateway.queue import sqlite_sql as backend
+from gateway.queue.base import Tally
 from gateway.queue.sqlite import SQLiteQueue
 from gateway.queue.sqlite_schema import CHECKPOINT_PAGES, VERSION
 
@@ -169,6 +170,27 @@ async def test_a_store_of_the_release_before_is_upgraded_in_place(tmp_path: Path
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA user_version").fetchone()[0] == VERSION
     check.close()
+
+
+async def test_a_store_of_version_5_keeps_its_points_and_gains_refusals(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    await (await SQLiteQueue.open(f"sqlite:///{db}")).close()
+    old = sqlite3.connect(db)  # as version 5 made it: no refusals in points_spent
+    old.executescript("""
+        DROP TABLE points_spent;
+        CREATE TABLE points_spent (site TEXT NOT NULL, span TEXT NOT NULL, ends REAL NOT NULL,
+            points INTEGER NOT NULL, bulk INTEGER NOT NULL,
+            PRIMARY KEY (site, span, ends)) WITHOUT ROWID;
+        INSERT INTO points_spent VALUES ('a', 'hour', 1e10, 7, 2);
+        PRAGMA user_version=5;
+    """)
+    old.close()
+    queue = await SQLiteQueue.open(f"sqlite:///{db}")
+    try:
+        totals = await queue.tally([Tally("a", "hour", 1e10, 1, 0, T0, 0.0)], T0)
+    finally:
+        await queue.close()
+    assert totals == [Tally("a", "hour", 1e10, 8, 2, T0, 0.0)]
 
 
 async def test_a_store_of_a_newer_release_is_refused(tmp_path: Path) -> None:

@@ -164,13 +164,19 @@ class Back(NamedTuple):
 class Tally(NamedTuple):
     """Points of one site's hour or day (``span``), named by the moment it ends; ``bulk``:
     of those, what kinds other than leads spent (an hour's only). Sent to the store as what
-    this process spent since it last told it (negative: given back); read back as the total."""
+    this process spent since it last told it (negative: given back); read back as the total.
+
+    ``refused`` and ``resumed`` (an hour's only): when Calltouch last refused a call of the
+    site for points, and when a call last passed after a refusal, as any process heard it;
+    the store keeps the latest of each, so the site is refused while ``refused > resumed``."""
 
     site: str
     span: str
     ends: float
     points: int
     bulk: int
+    refused: float = 0.0
+    resumed: float = 0.0
 
 
 class Queue(Protocol):

@@ -3,7 +3,8 @@
 Each gateway adds what it spent since its last sync and reads the total back in the same
 statement, so the row is every process's spending, a restarted one's included. The totals may
 dip below zero for a moment (a call given back by one gateway before another's spending
-reached the row): they are read as at least 0.
+reached the row): they are read as at least 0. An hour's row also keeps the latest refusal
+for points and the latest call passed after one, each the later of the row's and the tally's.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ from gateway.queue.postgres_schema import Conn
 
 KEEP = 86_400.0  # a window's row outlives its end by a day, then is dropped
 _SQLITE_ADD = (
-    "INSERT INTO points_spent (site, span, ends, points, bulk) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO points_spent (site, span, ends, points, bulk, refused, resumed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (site, span, ends) DO UPDATE"
-    " SET points = points + excluded.points, bulk = bulk + excluded.bulk"
-    " RETURNING max(points, 0), max(bulk, 0)"
+    " SET points = points + excluded.points, bulk = bulk + excluded.bulk,"
+    " refused = max(refused, excluded.refused), resumed = max(resumed, excluded.resumed)"
+    " RETURNING max(points, 0), max(bulk, 0), refused, resumed"
 )
 _POSTGRES_ADD = """
-INSERT INTO points_spent AS p (site, span, ends, points, bulk)
-SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int[], $5::int[])
+INSERT INTO points_spent AS p (site, span, ends, points, bulk, refused, resumed)
+SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int[], $5::int[],
+                     $6::float8[], $7::float8[])
 ON CONFLICT (site, span, ends) DO UPDATE
-    SET points = p.points + excluded.points, bulk = p.bulk + excluded.bulk
-RETURNING site, span, ends, greatest(points, 0), greatest(bulk, 0)
+    SET points = p.points + excluded.points, bulk = p.bulk + excluded.bulk,
+        refused = greatest(p.refused, excluded.refused),
+        resumed = greatest(p.resumed, excluded.resumed)
+RETURNING site, span, ends, greatest(points, 0), greatest(bulk, 0), refused, resumed
 """
 _DROP_ENDED = "DELETE FROM points_spent WHERE ends < {}"
 
@@ -36,8 +42,8 @@ def sqlite_tally(conn: sqlite3.Connection, spent: Sequence[Tally], now: float) -
     conn.execute(_DROP_ENDED.format("?"), (now - KEEP,))
     totals = []
     for tally in spent:
-        points, bulk = conn.execute(_SQLITE_ADD, tally).fetchone()
-        totals.append(tally._replace(points=points, bulk=bulk))
+        points, bulk, refused, resumed = conn.execute(_SQLITE_ADD, tally).fetchone()
+        totals.append(tally._replace(points=points, bulk=bulk, refused=refused, resumed=resumed))
     return totals
 
 

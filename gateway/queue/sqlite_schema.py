@@ -2,7 +2,8 @@
 
 ``PRAGMA user_version`` names the schema: 0 is a new file, or one made before versions were
 kept (no ``site`` column, no counts); 2 has no index of quarantined spam; 3 no links (held
-jobs, chains, answer details); 4 no API points spent. :func:`migrate`
+jobs, chains, answer details); 4 no API points spent; 5 no refusals for points in them.
+:func:`migrate`
 brings any of them to :data:`VERSION` in one transaction (every step is idempotent). Counts
 by state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few rows instead of
 scanning every job.
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from gateway.queue.base import PENDING
 
-VERSION = 5
+VERSION = 6
 PENDING_SQL = "(" + ", ".join(f"'{state.value}'" for state in PENDING) + ")"
 
 _JOBS = """
@@ -81,17 +82,21 @@ CREATE TRIGGER IF NOT EXISTS jobs_counted_out AFTER DELETE ON jobs BEGIN
         WHERE site = old.site AND kind = old.kind AND state = old.state;
 END;
 """
-# Version 5: the API points each site spent in each of its hours and days (gateway.relay.points).
+# Version 5: the API points each site spent in each of its hours and days (gateway.relay.points);
+# version 6 adds the hour's latest refusal for points and latest call passed after one.
 _POINTS = """
 CREATE TABLE IF NOT EXISTS points_spent (
-    site   TEXT NOT NULL,
-    span   TEXT NOT NULL,
-    ends   REAL NOT NULL,
-    points INTEGER NOT NULL,
-    bulk   INTEGER NOT NULL,
+    site    TEXT NOT NULL,
+    span    TEXT NOT NULL,
+    ends    REAL NOT NULL,
+    points  INTEGER NOT NULL,
+    bulk    INTEGER NOT NULL,
+    refused REAL NOT NULL DEFAULT 0,
+    resumed REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (site, span, ends)
 ) WITHOUT ROWID;
 """
+_POINTS_COLUMNS = {"refused": "REAL NOT NULL DEFAULT 0", "resumed": "REAL NOT NULL DEFAULT 0"}
 _COUNT_ALL = (
     "INSERT INTO job_counts SELECT site, kind, state, count(*) FROM jobs GROUP BY 1, 2, 3"
 )
@@ -148,10 +153,7 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN site TEXT NOT NULL DEFAULT 'default'")
         conn.execute("DROP INDEX IF EXISTS jobs_dedup")
     conn.execute(_JOBS)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for name, type_ in _LINK_COLUMNS.items():
-        if name not in columns:
-            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {type_}")
+    _add_columns(conn, "jobs", _LINK_COLUMNS)
     counted = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_counts'"
     ).fetchone()
@@ -160,6 +162,14 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     if not counted:
         conn.execute(_COUNT_ALL)
     conn.execute(_POINTS)
+    _add_columns(conn, "points_spent", _POINTS_COLUMNS)
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, wanted: dict[str, str]) -> None:
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, type_ in wanted.items():
+        if name not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {type_}")
 
 
 def _split(script: str) -> list[str]:

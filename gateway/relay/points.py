@@ -19,6 +19,11 @@ each sync adds what this process spent since the last one to the window's row an
 the total, so a restart starts from the hour's real spending and gateways of a fleet see each
 other's. Between syncs a gateway does not see the others' calls: the fleet's one pace lets at
 most ``rate`` calls go in a second, so a fleet can spend past a line by those calls' points.
+The hour's row also keeps the site's latest refusal and the latest call passed after one: a
+refusal one gateway hears holds the fleet from the next sync on, the gateway that heard it
+last probes (the others' probes are due ``FOLLOW`` seconds after its, in case it is gone),
+and a probe that passes resumes them all. A site without budgets is not kept in the store,
+so each gateway hears its refusals for itself.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ log = logging.getLogger(__name__)
 
 REFUSED = "points_exhausted"  # the Defer code of a call refused for points
 PROBE_EVERY = 300.0
+# Time for the probing gateway's answer (at most the upstream timeout) and a sync to reach the
+# others before a probe of theirs is due too.
+FOLLOW = 30.0
 BURST = 0.05  # of the hour's bulk share: a small upload goes at once, a big one is spread
 HOUR, DAY = "hour", "day"
 Clock = Callable[[], float]
@@ -86,6 +94,9 @@ class _Ledger:
     unsent_day: int = 0
     refused_until: float | None = None  # Calltouch refused for points: wait until then
     probe_at: float = 0.0
+    # The hour's latest refusal and latest call passed after one, this process's or the store's.
+    refused_at: float = 0.0
+    resumed_at: float = 0.0
 
 
 def windows(now: float, zone: ZoneInfo) -> tuple[float, float, float]:
@@ -185,17 +196,15 @@ class Points:
         ledger = self._ledger(site, now)
         cost = self.cost(method)
         if any(isinstance(v, Delivered) for v in verdicts):
+            if ledger.refused_until is not None:
+                ledger.resumed_at = now
             self._resume(site, ledger, "a call passed")
             self._on_spent(site, cost)
             return
         self._add(ledger, kind, -cost)
         if any(isinstance(v, Defer) and v.code == REFUSED for v in verdicts):
-            if ledger.refused_until is None:
-                log.error("calltouch refused site=%s for its API points: it waits for the next "
-                          "hour, one probe every %.0fs", site, self._probe_every)
-                self._on_refused(site, True)
-            ledger.refused_until = ledger.hour_end
-            ledger.probe_at = now + self._probe_every
+            ledger.refused_at = now
+            self._refuse(site, ledger, now + self._probe_every, "")
 
     async def sync(self, book: Book) -> None:
         """Add what this process spent since the last sync to the store, and take every
@@ -215,6 +224,7 @@ class Points:
             raise
         for total in totals:
             _take_total(self._ledgers[total.site], total)
+            self._follow(total.site, self._ledgers[total.site], total)
 
     @staticmethod
     def _add(ledger: _Ledger, kind: str, points: int) -> None:
@@ -235,8 +245,30 @@ class Points:
                 ledger.day, ledger.day_end, ledger.unsent_day = 0, day_end, 0
             ledger.hour_start, ledger.hour_end, ledger.hour, ledger.bulk = start, end, 0, 0
             ledger.unsent_hour = ledger.unsent_bulk = 0
+            ledger.refused_at = ledger.resumed_at = 0.0  # the new hour's row has none
             self._resume(site, ledger, "a new hour")
         return ledger
+
+    def _follow(self, site: str, ledger: _Ledger, total: Tally) -> None:
+        """What the fleet heard of the site's refusals, from the hour's row in the store."""
+        if total.span != HOUR or total.ends != ledger.hour_end:
+            return
+        theirs = total.refused > ledger.refused_at  # a refusal this process did not hear
+        ledger.refused_at = max(ledger.refused_at, total.refused)
+        ledger.resumed_at = max(ledger.resumed_at, total.resumed)
+        if ledger.resumed_at >= ledger.refused_at:
+            self._resume(site, ledger, "a call passed at another gateway")
+        elif theirs:
+            probe_at = max(ledger.probe_at, ledger.refused_at + self._probe_every + FOLLOW)
+            self._refuse(site, ledger, probe_at, " (heard by another gateway)")
+
+    def _refuse(self, site: str, ledger: _Ledger, probe_at: float, heard_by: str) -> None:
+        if ledger.refused_until is None:
+            log.error("calltouch refused site=%s for its API points%s: it waits for the next "
+                      "hour, one probe every %.0fs", site, heard_by, self._probe_every)
+            self._on_refused(site, True)
+        ledger.refused_until = ledger.hour_end
+        ledger.probe_at = probe_at
 
     def _resume(self, site: str, ledger: _Ledger, why: str) -> None:
         if ledger.refused_until is None:
@@ -247,7 +279,8 @@ class Points:
 
 
 def _unsent(site: str, ledger: _Ledger) -> tuple[Tally, Tally]:
-    return (Tally(site, HOUR, ledger.hour_end, ledger.unsent_hour, ledger.unsent_bulk),
+    return (Tally(site, HOUR, ledger.hour_end, ledger.unsent_hour, ledger.unsent_bulk,
+                  ledger.refused_at, ledger.resumed_at),
             Tally(site, DAY, ledger.day_end, ledger.unsent_day, 0))
 
 
