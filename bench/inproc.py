@@ -22,7 +22,8 @@ from aiohttp import web
 from bench import bare, payload
 from gateway.__main__ import tune_gc
 from gateway.app import create_app
-from gateway.config import ClientRate, HostPort, Settings
+from gateway.config import Settings
+from gateway.config_values import ClientRate, HostPort
 from gateway.relay import relay
 
 CONNECTIONS = 64

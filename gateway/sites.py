@@ -60,9 +60,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from gateway.config import (
-    ConfigError,
-    Settings,
+from gateway.config import ConfigError, Settings
+from gateway.config_points import parse_reserve
+from gateway.config_values import (
     parse_label,
     parse_mod_id,
     parse_secret,
@@ -70,7 +70,6 @@ from gateway.config import (
     parse_timezone,
     parse_url,
 )
-from gateway.config_points import parse_reserve
 from gateway.queue.base import DEFAULT_SITE
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from gateway.config import parse_duration
+from gateway.config_values import parse_duration
 from gateway.queue import Queue
 
 Action = Callable[[Queue], Awaitable[None]]

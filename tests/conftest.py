@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from gateway import app
-from gateway.config import BotWeights, ClientRate, HostPort, Settings
+from gateway.config import Settings
+from gateway.config_values import BotWeights, ClientRate, HostPort
 from gateway.ops.logs import JsonFormatter
 from gateway.ops.metrics import Metrics
 from gateway.sandbox.server import SandboxThread

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import BotWeights, Settings
+from gateway.config import Settings
+from gateway.config_values import BotWeights
 from gateway.intake import bots
 from gateway.intake.bots import BotScorer, Score
 from gateway.intake.handlers import Intake

@@ -10,7 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.config import BotWeights, Settings
+from gateway.config import Settings
+from gateway.config_values import BotWeights
 from gateway.sandbox.server import SandboxThread
 from tests.support import TOKEN, Gateway, eventually, lead, sandbox_requests
 from tests.test_intake import jobs_in_queue, received

@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.config import ClientRate, Settings
+from gateway.config import Settings
+from gateway.config_values import ClientRate
 from gateway.intake.clients import ClientLimiter, client_ip
 from tests.support import lead
 

@@ -10,15 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import (
-    ClientRate,
-    ConfigError,
-    HostPort,
-    Settings,
-    StoreSettings,
-    from_env,
-    store_from_env,
-)
+from gateway.config import ConfigError, Settings, StoreSettings, from_env, store_from_env
+from gateway.config_values import ClientRate, HostPort
 from tests.support import LOG_LINES
 
 SITE = {"CTGW_SITE_ID": "18990"}

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gateway.config import parse_networks
+from gateway.config_values import parse_networks
 from tests.support import need_binary
 
 ROOT = Path(__file__).resolve().parent.parent

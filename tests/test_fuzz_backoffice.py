@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import ClientRate, HostPort, Settings
+from gateway.config import Settings
+from gateway.config_values import ClientRate, HostPort
 from tests.support import TOKEN
 from tests.test_fuzz_intake import FUZZ, Answer, GatewayThread, send
 from tests.test_fuzz_intake import check as check_one

@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
-from gateway.config import ClientRate, HostPort, Settings
+from gateway.config import Settings
+from gateway.config_values import ClientRate, HostPort
 from gateway.kinds.lead import DATE_FORMAT
 from tests.support import TOKEN, Process, spawn_gateway, spawn_sandbox
 

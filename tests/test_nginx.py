@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.config import ClientRate, Settings
+from gateway.config import Settings
+from gateway.config_values import ClientRate
 from tests.support import lead, need_binary
 
 SNIPPET = Path(__file__).parent.parent / "deploy" / "nginx" / "ct-gateway.conf"

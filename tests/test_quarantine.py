@@ -13,7 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.config import BotWeights, Settings
+from gateway.config import Settings
+from gateway.config_values import BotWeights
 from gateway.queue import State, open_queue
 from gateway.sandbox.server import SandboxThread
 from tests.support import LOG_LINES, PII_SAMPLES, Gateway, child_env, eventually, lead

@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.config import ClientRate, Settings
+from gateway.config import Settings
+from gateway.config_values import ClientRate
 from gateway.intake.snippet import MOD_ID_SLOT, render, static_text
 from tests.support import Gateway, eventually, lead, need_binary, post_lead, sandbox_requests
 

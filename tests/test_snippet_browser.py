@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import SETTINGS
-from gateway.config import BotWeights, ClientRate, Settings, parse_networks
+from gateway.config import Settings
+from gateway.config_values import BotWeights, ClientRate, parse_networks
 from gateway.intake.listener import bound_address
 from gateway.sandbox.server import SandboxThread
 from tests.support import Gateway, eventually, need_binary, sandbox_requests

@@ -24,7 +24,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.config import ClientRate, Settings, parse_networks
+from gateway.config import Settings
+from gateway.config_values import ClientRate, parse_networks
 from gateway.intake.listener import bound_address
 from gateway.sandbox.server import SandboxThread
 from tests.support import Gateway, eventually, need_binary, sandbox_requests
