@@ -24,7 +24,8 @@ from gateway.ops import logs
 from gateway.queue import Queue, QueueError, State, Status, open_queue
 from gateway.queue.sqlite_schema import path_from_url
 from gateway.sandbox.server import SandboxThread
-from gateway.sites import Sites, sites_of
+from gateway.sites import Sites
+from gateway.sites_file import sites_of
 
 log = logging.getLogger("gateway")
 Action = Callable[[Queue], Awaitable[None]]

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError
-from gateway.sites import Site, Sites, SitesError, load_sites
+from gateway.sites import Site, Sites
+from gateway.sites_file import load_sites
+from gateway.sites_keys import SitesError
 
 SHOP_TOKEN = "shop-access-token-0123456789"
 CRM_TOKEN = "crm-bearer-token-0123456789"
@@ -437,7 +439,8 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 def test_without_a_sites_file_one_default_site_serves_every_host_and_token() -> None:
     from gateway.config import Settings
-    from gateway.sites import single_site, sites_of
+    from gateway.sites import single_site
+    from gateway.sites_file import sites_of
 
     settings = Settings(site_id="18990", mod_id="abcd1234", api_tokens=("t" * 16,),
                         access_token="secret-token")
