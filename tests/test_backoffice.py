@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Settings
-from gateway.sandbox.backoffice import BAD_DATE
+from gateway.sandbox.leadservice import BAD_DATE
 from tests.support import (
     LOG_LINES,
     QUEUE_BACKENDS,

@@ -16,15 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.sandbox.backoffice import (
-    BAD_CLIENT_API_ID,
-    EXISTS,
-    NO_LEAD,
-    NO_TOKEN,
-    NOT_FOUND,
-    SESSION,
-    TOO_MANY,
-)
+from gateway.sandbox.leadservice import NO_LEAD, NO_TOKEN, TOO_MANY
+from gateway.sandbox.office import EXISTS, NOT_FOUND, SESSION
+from gateway.sandbox.orders import BAD_CLIENT_API_ID
 from gateway.sandbox.server import REGISTER, SandboxThread
 
 SITE = "18990"

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from gateway.intake.listener import bound_address
 from gateway.sandbox import arrivals, backoffice
-from gateway.sandbox.backoffice import OFFICE, SESSION, BackOffice, Endpoint, Received
+from gateway.sandbox.office import OFFICE, SESSION, BackOffice, Endpoint, Received
 
 REGISTER = "/calls-service/RestAPI/requests/{site_id}/register/"
 NO_PARAMS = "Не возможно создать заявку - не указано ни одного входного параметра"
