@@ -4,8 +4,8 @@ One dispatcher per job kind. A dispatcher takes a concurrency permit only once i
 so an idle kind holds none; sends run as tasks, at most ``concurrency`` at once, so the rate
 holds while Calltouch takes seconds to answer. Jobs are leased only once every gate has let
 the call through, so a crash leaves few leases to expire. A sender may take several jobs per
-call (batch APIs answer per item): each job is settled by its own verdict, while the gates hear
-of the call once.
+call (batch APIs answer per item): each job is settled by its own verdict
+(:mod:`gateway.relay.settle`), while the gates hear of the call once.
 """
 
 from __future__ import annotations
@@ -13,24 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from gateway.calltouch.answers import Convert, Defer, Delivered, Permanent, Retry, Verdict
+from gateway.calltouch.answers import Defer, Delivered, Permanent, Verdict
 from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.ops.metrics import Metrics
-from gateway.queue import Back, Job, Queue
+from gateway.queue import Job, Queue
 from gateway.relay.gates import Gate, Ticket, abandon, admit_all, urgency
-from gateway.relay.pacing import backoff
 from gateway.relay.points import Points
+from gateway.relay.settle import Settler
 
 log = logging.getLogger(__name__)
 
 # A dispatcher looks again after this long without work; work queued here wakes it at once.
 IDLE_SECONDS = 60.0
-LEAD = "lead"  # the kind whose series the lead metrics are (gateway.kinds.lead.KIND)
 AUTH_FAILED = "auth_failed"  # the Defer code of a call refused for its credentials
 # While every site with work of a kind waits for its API points, look again this often.
 POINTS_LOOK = 1.0
@@ -83,11 +81,8 @@ class Relay:
         self._metrics = metrics
         self._permits = asyncio.Semaphore(concurrency)
         self._lease_timeout = lease_timeout
-        self._max_age = max_age
         self._clock = clock
-        # Its own generator: a draw must not move the process's global ``random`` state, which
-        # other code (a sandbox, a property test's generator) may be reading on another thread.
-        self._jitter = random.Random()
+        self._settler = Settler(queue, metrics, max_age=max_age, clock=clock)
         self._dispatchers: list[asyncio.Task[None]] = []
         self._inflight: dict[asyncio.Task[None], list[Job]] = {}
         # Urgent kinds (leads) with visible work. The gates serve a lead before a batch only
@@ -276,7 +271,7 @@ class Relay:
         if self._points is not None:
             self._points.heard(jobs[0].site, sender.kind, sender.method, verdicts)
         self._count_call(sender.method, verdicts, time.monotonic() - started)
-        await self._settle_all(jobs, verdicts)
+        await self._settler.settle(jobs, verdicts)
 
     def _verdicts(self, sender: Sender, reply: Reply, jobs: list[Job]) -> list[Verdict]:
         refused = None if self._points is None else self._points.refused(reply)
@@ -295,62 +290,3 @@ class Relay:
         if any(isinstance(v, Defer) and v.code == AUTH_FAILED for v in verdicts):
             self._metrics.auth_failures.labels(method).inc()
             log.error("calltouch refused the credentials method=%s: its jobs wait", method)
-
-    async def _settle_all(self, jobs: list[Job], verdicts: list[Verdict]) -> None:
-        """Each job by its verdict; those that go back to wait go back together, in one
-        transaction: a lease taken meanwhile would send part of them in a call of its own."""
-        now = self._clock()
-        # One draw of the backoff's jitter a call, not a job: jobs that failed together come
-        # back at one moment and go in one call again.
-        rand = self._jitter.random()
-        backs = []
-        for job, verdict in zip(jobs, verdicts, strict=True):
-            back = self._back(job, verdict, now, rand)
-            if back is None:
-                await self._settle(job, verdict)
-            else:
-                backs.append(back)
-        if backs:
-            await self._queue.put_back(backs)
-
-    def _back(self, job: Job, verdict: Verdict, now: float, rand: float) -> Back | None:
-        """How ``job`` waits for another try; ``None``: it does not (delivered, dead)."""
-        if isinstance(verdict, Defer):  # not applied, not its fault: no attempt spent
-            return Back(job, now + verdict.delay)
-        if not isinstance(verdict, Retry) or now - job.created_at > self._max_age:
-            return None
-        delay = max(backoff(job.attempts + 1, rand=rand), verdict.retry_after or 0.0)
-        log.warning(
-            "retry job=%s code=%s attempts=%d in=%.1fs",
-            job.id, verdict.code, job.attempts + 1, delay,
-        )
-        return Back(job, now + delay, verdict.detail)
-
-    async def _settle(self, job: Job, verdict: Verdict) -> None:
-        now = self._clock()
-        if isinstance(verdict, Delivered):
-            if await self._queue.ack(job, verdict.upstream_id, now, verdict.details):
-                self._count_delivered(job, now)
-        elif isinstance(verdict, Retry):  # too old for another try
-            await self._bury(job, "expired", f"expired after retries; last: {verdict.detail}", now)
-        elif isinstance(verdict, Convert):
-            await self._queue.convert(job, verdict.kind, now)
-            log.info("converted job=%s kind=%s to=%s", job.id, job.kind, verdict.kind)
-        else:
-            await self._bury(job, verdict.code, verdict.detail, now)
-
-    def _count_delivered(self, job: Job, now: float) -> None:
-        seconds = max(0.0, now - job.created_at)
-        self._metrics.jobs_delivered.labels(job.kind, job.site).inc()
-        self._metrics.job_delivery_seconds.labels(job.kind, job.site).observe(seconds)
-        if job.kind == LEAD:
-            self._metrics.delivered.labels(job.site).inc()
-            self._metrics.delivery_seconds.labels(job.site).observe(seconds)
-        log.info("delivered job=%s kind=%s attempts=%d", job.id, job.kind, job.attempts + 1)
-
-    async def _bury(self, job: Job, reason: str, detail: str, now: float) -> None:
-        if await self._queue.bury(job, detail, now):
-            self._metrics.jobs_dead.labels(job.kind, reason, job.site).inc()
-            if job.kind == LEAD:
-                self._metrics.dead.labels(reason, job.site).inc()
-            log.error("dead job=%s kind=%s reason=%s", job.id, job.kind, reason)
