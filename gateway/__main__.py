@@ -1,5 +1,6 @@
-"""The ``ct-gateway`` command: ``serve``, ``queue stats``, ``dead list``, ``dead replay``,
-``spam``, and ``deals import`` (a client of the gateway's own API).
+"""The ``ct-gateway`` command: ``serve``, ``queue stats``, ``dead`` (:mod:`gateway.dead_cli`),
+``spam`` (:mod:`gateway.spam_cli`), and ``deals import`` (a client of the gateway's own API,
+:mod:`gateway.import_cli`).
 
 ``serve`` takes every setting; the store commands take only ``CTGW_QUEUE`` and
 ``CTGW_LOG_LEVEL``, so an operator can inspect a queue with no Calltouch account at hand.
@@ -18,10 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from gateway import __version__, app, import_cli, spam_cli
+from gateway import __version__, app, dead_cli, import_cli, spam_cli
 from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, store_from_env
 from gateway.ops import logs
-from gateway.queue import Queue, QueueError, State, Status, open_queue
+from gateway.queue import Queue, QueueError, State, open_queue
 from gateway.queue.sqlite_schema import path_from_url
 from gateway.sandbox.server import SandboxThread
 from gateway.sites import Sites
@@ -70,35 +71,14 @@ def _parser() -> argparse.ArgumentParser:
                             "refused while CTGW_SITE_ID is set)")
     queue = sub.add_parser("queue", help="inspect the queue", epilog=_STORE_EPILOG)
     queue.add_argument("action", choices=["stats"], help="stats: jobs by state, oldest age")
-    _dead_parsers(sub.add_parser("dead", help="dead letters", epilog=_STORE_EPILOG))
+    dead_cli.add_parsers(sub.add_parser("dead", help="dead letters", epilog=_STORE_EPILOG),
+                         _STORE_EPILOG)
     import_cli.add_parser(sub)
     spam_cli.add_parsers(
         sub.add_parser("spam", help="leads scored as spam, kept apart", epilog=_STORE_EPILOG),
         _STORE_EPILOG,
     )
     return parser
-
-
-def _dead_parsers(dead: argparse.ArgumentParser) -> None:
-    dead_sub = dead.add_subparsers(dest="action", required=True)
-    listing = dead_sub.add_parser("list", help="list dead letters (no personal data)",
-                                  epilog=_STORE_EPILOG)
-    listing.add_argument("--limit", type=int, default=100, metavar="N",
-                         help="list at most N dead letters, the oldest first (default 100)")
-    listing.add_argument("--kind", default=None, metavar="KIND",
-                         help="only those of KIND: lead, deal.create, deal.update, comment,"
-                         " order1")
-    listing.add_argument("--site", default=None, metavar="NAME",
-                         help="only those of the site NAME (CTGW_SITES; default: every site)")
-    replay = dead_sub.add_parser("replay", help="queue dead letters again", epilog=_STORE_EPILOG)
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", action="append", dest="ids", metavar="ID",
-                       help="the id of a dead letter to replay (repeat for several)")
-    which.add_argument("--all", action="store_true", help="replay every dead letter")
-    which.add_argument("--kind", default=None, metavar="KIND",
-                       help="replay every dead letter of KIND (e.g. deal.create)")
-    which.add_argument("--site", default=None, metavar="NAME",
-                       help="replay every dead letter of the site NAME")
 
 
 def store_label(url: str, *, create: bool) -> str:
@@ -179,59 +159,12 @@ async def _stats(queue: Queue) -> None:
     print(f"{'oldest':<10} {age:.0f}s")
 
 
-async def _dead_of(
-    queue: Queue, limit: int, kind: str | None, site: str | None = None
-) -> list[Status]:
-    if kind is None and site is None:
-        return await queue.dead(limit)
-    everything = await queue.dead((await queue.stats()).counts[State.DEAD])
-    return [s for s in everything
-            if kind in (None, s.kind) and site in (None, s.site)][:limit]
-
-
-def _dead_list(limit: int, kind: str | None, site: str | None) -> Action:
-    async def run(queue: Queue) -> None:
-        dead = await _dead_of(queue, limit, kind, site)
-        if not dead:
-            print("no dead letters")
-        for status in dead:
-            print(f"{status.id}\t{status.site}\t{status.kind}\tattempts={status.attempts}\t"
-                  f"{status.last_error}")
-
-    return run
-
-
-def _replay(ids: list[str] | None, kind: str | None = None, site: str | None = None) -> Action:
-    async def run(queue: Queue) -> None:
-        nonlocal ids
-        if kind is not None or site is not None:
-            ids = [status.id for status in await _dead_of(queue, 10**9, kind, site)]
-        print(f"replayed {await queue.replay(ids, time.time())}")
-        purged = await _purged_dead(queue, ids)
-        if purged:
-            print(f"not replayed {purged}: lead data purged after CTGW_DEAD_RETENTION")
-
-    return run
-
-
-async def _purged_dead(queue: Queue, ids: list[str] | None) -> int:
-    """Dead letters the replay had to leave dead: their payload is gone, nothing to send."""
-    if ids is None:
-        dead = await queue.dead((await queue.stats()).counts[State.DEAD])
-    else:
-        found = [await queue.status(job_id) for job_id in dict.fromkeys(ids)]
-        dead = [s for s in found if s is not None and s.state == State.DEAD]
-    return sum(s.purged for s in dead)
-
-
 def _store_action(args: argparse.Namespace) -> Action:
     if args.command == "queue":
         return _stats
     if args.command == "spam":
         return spam_cli.action(args)
-    if args.action == "list":
-        return _dead_list(args.limit, args.kind, args.site)
-    return _replay(None if args.all else args.ids, args.kind, args.site)
+    return dead_cli.action(args)
 
 
 def main(argv: list[str] | None = None) -> int:
