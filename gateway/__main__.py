@@ -24,7 +24,7 @@ from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, stor
 from gateway.ops import logs
 from gateway.queue import Queue, QueueError, State, open_queue
 from gateway.queue.sqlite_schema import path_from_url
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from gateway.sites import Sites
 from gateway.sites_file import sites_of
 

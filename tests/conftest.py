@@ -20,7 +20,7 @@ from gateway.config import Settings
 from gateway.config_values import BotWeights, ClientRate, HostPort
 from gateway.ops.logs import JsonFormatter
 from gateway.ops.metrics import Metrics
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.postgres import postgres, postgres_url
 from tests.support import LOG_LINES, TOKEN, Gateway, Process, spawn_sandbox
 

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import Settings
 from gateway.config_values import BotWeights
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.support import TOKEN, Gateway, eventually, lead, sandbox_requests
 from tests.test_intake import jobs_in_queue, received
 

@@ -17,7 +17,7 @@ from gateway.calltouch.client import Reply
 from gateway.config import Settings
 from gateway.relay.gates import admit_all
 from gateway.relay.health import Health, HealthTicket
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.support import (
     QUEUE_BACKENDS,
     Gateway,

@@ -18,7 +18,7 @@ from gateway.config import Settings
 from gateway.intake.listener import bound_address
 from gateway.ops.metrics import NO_SITE
 from gateway.queue import State
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.support import PII_SAMPLES, TOKEN, Gateway, eventually, lead, sandbox_requests
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -34,7 +34,8 @@ from gateway.queue.sqlite import SQLiteQueue
 from gateway.relay.pacing import Pacer
 from gateway.relay.points import REFUSED, Budget, Points
 from gateway.relay.relay import Relay
-from gateway.sandbox.server import SandboxThread, create_sandbox
+from gateway.sandbox.run import SandboxThread
+from gateway.sandbox.server import create_sandbox
 
 from .support import Gateway, eventually, post_lead, sandbox_config, sandbox_requests
 from .support import lead as support_lead

@@ -17,7 +17,7 @@ from gateway.config import Settings
 from gateway.queue import Queue, State, open_queue
 from gateway.queue.base import QueueError, Tally
 from gateway.relay.points import FOLLOW, HOUR, Budget, Points
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.conftest import Gateway
 from tests.support import (
     QUEUE_BACKENDS,

@@ -16,7 +16,7 @@ import pytest
 from gateway.config import Settings
 from gateway.config_values import BotWeights
 from gateway.queue import State, open_queue
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.support import LOG_LINES, PII_SAMPLES, Gateway, child_env, eventually, lead
 
 HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "

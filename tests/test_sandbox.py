@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from gateway.sandbox import arrivals
-from gateway.sandbox.server import LIMIT, REGISTER, SandboxState, SandboxThread
+from gateway.sandbox.run import SandboxThread
+from gateway.sandbox.server import LIMIT, REGISTER, SandboxState
 from tests.support import sandbox_requests, spawn_sandbox
 
 STALL = 0.3

@@ -19,7 +19,8 @@ import pytest
 from gateway.sandbox.leadservice import NO_LEAD, NO_TOKEN, TOO_MANY
 from gateway.sandbox.office import EXISTS, NOT_FOUND, SESSION
 from gateway.sandbox.orders import BAD_CLIENT_API_ID
-from gateway.sandbox.server import REGISTER, SandboxThread
+from gateway.sandbox.run import SandboxThread
+from gateway.sandbox.server import REGISTER
 
 SITE = "18990"
 HEADERS = {"Access-Token": "any-token", "SiteId": SITE}

@@ -12,7 +12,7 @@ import pytest
 from gateway import app
 from gateway.config import Settings
 from gateway.ops.metrics import Metrics
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from gateway.sites import Sites
 from gateway.sites_file import load_sites
 from tests.support import Gateway, eventually, lead, sandbox_requests

@@ -23,7 +23,7 @@ from gateway.app import SETTINGS
 from gateway.config import Settings
 from gateway.config_values import BotWeights, ClientRate, parse_networks
 from gateway.intake.listener import bound_address
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.support import Gateway, eventually, need_binary, sandbox_requests
 
 if TYPE_CHECKING:

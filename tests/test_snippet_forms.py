@@ -27,7 +27,7 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.config_values import ClientRate, parse_networks
 from gateway.intake.listener import bound_address
-from gateway.sandbox.server import SandboxThread
+from gateway.sandbox.run import SandboxThread
 from tests.support import Gateway, eventually, need_binary, sandbox_requests
 from tests.test_snippet_browser import CHROMIUM_ARGS, PHONE, SESSION, Proxy, Tab, loaded
 

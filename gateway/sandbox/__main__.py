@@ -1,5 +1,5 @@
 """``python -m gateway.sandbox``: the simulator in its own process."""
 
-from gateway.sandbox.server import main
+from gateway.sandbox.run import main
 
 main()
