@@ -14,7 +14,8 @@ from gateway.config import Settings
 from gateway.ops.metrics import Metrics
 from gateway.queue import DEFAULT_SITE, Queue
 from gateway.relay.health import Health
-from gateway.relay.points import DAY, HOUR, Budget, Points
+from gateway.relay.ledger import DAY, HOUR
+from gateway.relay.points import Budget, Points
 from gateway.sites import Sites
 
 if TYPE_CHECKING:

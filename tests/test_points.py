@@ -14,7 +14,8 @@ from gateway.calltouch.answers import Defer, Delivered, Permanent, Retry, Verdic
 from gateway.calltouch.client import Reply
 from gateway.config import ConfigError, from_env
 from gateway.config_points import parse_costs, parse_reserve
-from gateway.relay.points import DAY, HOUR, REFUSED, Budget, Points, windows
+from gateway.relay.ledger import DAY, HOUR, windows
+from gateway.relay.points import REFUSED, Budget, Points
 from gateway.sites import Site, Sites
 from gateway.upstream_gates import site_budgets
 

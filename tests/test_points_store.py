@@ -16,7 +16,8 @@ import pytest
 from gateway.config import Settings
 from gateway.queue import Queue, State, open_queue
 from gateway.queue.base import QueueError, Tally
-from gateway.relay.points import FOLLOW, HOUR, Budget, Points
+from gateway.relay.ledger import HOUR
+from gateway.relay.points import FOLLOW, Budget, Points
 from gateway.sandbox.run import SandboxThread
 from tests.conftest import Gateway
 from tests.support import (

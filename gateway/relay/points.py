@@ -34,7 +34,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -43,6 +42,7 @@ from gateway.calltouch.client import Reply
 from gateway.config_points import DEFAULT_REFUSAL, DEFAULT_RESERVE
 from gateway.queue.base import Tally
 from gateway.relay.gates import urgency
+from gateway.relay.ledger import HOUR, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ PROBE_EVERY = 300.0
 # others before a probe of theirs is due too.
 FOLLOW = 30.0
 BURST = 0.05  # of the hour's bulk share: a small upload goes at once, a big one is spread
-HOUR, DAY = "hour", "day"
 Clock = Callable[[], float]
 
 
@@ -78,35 +77,6 @@ class Book(Protocol):
     async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]: ...
 
 
-@dataclass(slots=True)
-class _Ledger:
-    """What a site spent in the current hour and day (every process's as last read, plus
-    this one's since), and when those end; ``unsent_*``: this process's, not yet in the store."""
-
-    hour_start: float = 0.0
-    hour_end: float = 0.0
-    day_end: float = 0.0
-    hour: int = 0
-    bulk: int = 0  # of ``hour``: spent by kinds other than leads
-    day: int = 0
-    unsent_hour: int = 0
-    unsent_bulk: int = 0
-    unsent_day: int = 0
-    refused_until: float | None = None  # Calltouch refused for points: wait until then
-    probe_at: float = 0.0
-    # The hour's latest refusal and latest call passed after one, this process's or the store's.
-    refused_at: float = 0.0
-    resumed_at: float = 0.0
-
-
-def windows(now: float, zone: ZoneInfo) -> tuple[float, float, float]:
-    """The start and end of ``now``'s clock hour and the end of its day, in ``zone``."""
-    local = datetime.fromtimestamp(now, zone)
-    hour = local.replace(minute=0, second=0, microsecond=0)
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    return hour.timestamp(), (hour + timedelta(hours=1)).timestamp(), day.timestamp()
-
-
 class Points:
     def __init__(
         self,
@@ -126,7 +96,7 @@ class Points:
         self._probe_every = probe_every
         self._clock = clock
         self._on_refused, self._on_spent = on_refused, on_spent
-        self._ledgers: dict[str, _Ledger] = {}
+        self._ledgers: dict[str, Ledger] = {}
 
     def cost(self, method: str) -> int:
         return self._costs.get(method, 1)
@@ -176,7 +146,7 @@ class Points:
         ledger = self._ledger(site, self._clock())
         if ledger.refused_until is not None:
             ledger.probe_at = self._clock() + self._probe_every
-        self._add(ledger, kind, self.cost(method))
+        ledger.add(kind, self.cost(method))
         return True
 
     def refused(self, reply: Reply) -> Defer | None:
@@ -201,7 +171,7 @@ class Points:
             self._resume(site, ledger, "a call passed")
             self._on_spent(site, cost)
             return
-        self._add(ledger, kind, -cost)
+        ledger.add(kind, -cost)
         if any(isinstance(v, Defer) and v.code == REFUSED for v in verdicts):
             ledger.refused_at = now
             self._refuse(site, ledger, now + self._probe_every, "")
@@ -213,43 +183,26 @@ class Points:
             return
         now = self._clock()
         ledgers = {site: self._ledger(site, now) for site in self._budgets}
-        sent = [tally for site, ledger in ledgers.items() for tally in _unsent(site, ledger)]
+        sent = [tally for site, ledger in ledgers.items() for tally in ledger.unsent(site)]
         for ledger in ledgers.values():
             ledger.unsent_hour = ledger.unsent_bulk = ledger.unsent_day = 0
         try:
             totals = await book.tally(sent, now)
         except BaseException:
             for tally in sent:
-                _keep_unsent(self._ledgers[tally.site], tally)
+                self._ledgers[tally.site].keep_unsent(tally)
             raise
         for total in totals:
-            _take_total(self._ledgers[total.site], total)
+            self._ledgers[total.site].take_total(total)
             self._follow(total.site, self._ledgers[total.site], total)
 
-    @staticmethod
-    def _add(ledger: _Ledger, kind: str, points: int) -> None:
-        # A call given back after its hour or day ended is not taken from the new one.
-        ledger.hour = max(0, ledger.hour + points)
-        ledger.day = max(0, ledger.day + points)
-        ledger.unsent_hour += points
-        ledger.unsent_day += points
-        if urgency(kind) != 0:
-            ledger.bulk = max(0, ledger.bulk + points)
-            ledger.unsent_bulk += points
-
-    def _ledger(self, site: str, now: float) -> _Ledger:
-        ledger = self._ledgers.setdefault(site, _Ledger())
-        if now >= ledger.hour_end:
-            start, end, day_end = windows(now, self._zones.get(site, _MOSCOW))
-            if now >= ledger.day_end:
-                ledger.day, ledger.day_end, ledger.unsent_day = 0, day_end, 0
-            ledger.hour_start, ledger.hour_end, ledger.hour, ledger.bulk = start, end, 0, 0
-            ledger.unsent_hour = ledger.unsent_bulk = 0
-            ledger.refused_at = ledger.resumed_at = 0.0  # the new hour's row has none
+    def _ledger(self, site: str, now: float) -> Ledger:
+        ledger = self._ledgers.setdefault(site, Ledger())
+        if ledger.roll(now, self._zones.get(site, _MOSCOW)):
             self._resume(site, ledger, "a new hour")
         return ledger
 
-    def _follow(self, site: str, ledger: _Ledger, total: Tally) -> None:
+    def _follow(self, site: str, ledger: Ledger, total: Tally) -> None:
         """What the fleet heard of the site's refusals, from the hour's row in the store."""
         if total.span != HOUR or total.ends != ledger.hour_end:
             return
@@ -262,7 +215,7 @@ class Points:
             probe_at = max(ledger.probe_at, ledger.refused_at + self._probe_every + FOLLOW)
             self._refuse(site, ledger, probe_at, " (heard by another gateway)")
 
-    def _refuse(self, site: str, ledger: _Ledger, probe_at: float, heard_by: str) -> None:
+    def _refuse(self, site: str, ledger: Ledger, probe_at: float, heard_by: str) -> None:
         if ledger.refused_until is None:
             log.error("calltouch refused site=%s for its API points%s: it waits for the next "
                       "hour, one probe every %.0fs", site, heard_by, self._probe_every)
@@ -270,37 +223,12 @@ class Points:
         ledger.refused_until = ledger.hour_end
         ledger.probe_at = probe_at
 
-    def _resume(self, site: str, ledger: _Ledger, why: str) -> None:
+    def _resume(self, site: str, ledger: Ledger, why: str) -> None:
         if ledger.refused_until is None:
             return
         ledger.refused_until = None
         log.info("site=%s may spend API points again (%s)", site, why)
         self._on_refused(site, False)
-
-
-def _unsent(site: str, ledger: _Ledger) -> tuple[Tally, Tally]:
-    return (Tally(site, HOUR, ledger.hour_end, ledger.unsent_hour, ledger.unsent_bulk,
-                  ledger.refused_at, ledger.resumed_at),
-            Tally(site, DAY, ledger.day_end, ledger.unsent_day, 0))
-
-
-def _keep_unsent(ledger: _Ledger, tally: Tally) -> None:
-    """A tally the store did not take is sent again with the next, unless its window ended."""
-    if tally.span == HOUR and tally.ends == ledger.hour_end:
-        ledger.unsent_hour += tally.points
-        ledger.unsent_bulk += tally.bulk
-    elif tally.span == DAY and tally.ends == ledger.day_end:
-        ledger.unsent_day += tally.points
-
-
-def _take_total(ledger: _Ledger, total: Tally) -> None:
-    """The store's total, plus what this process spent while the sync ran; a window that
-    ended meanwhile is left to the next sync."""
-    if total.span == HOUR and total.ends == ledger.hour_end:
-        ledger.hour = max(0, total.points + ledger.unsent_hour)
-        ledger.bulk = max(0, total.bulk + ledger.unsent_bulk)
-    elif total.span == DAY and total.ends == ledger.day_end:
-        ledger.day = max(0, total.points + ledger.unsent_day)
 
 
 _MOSCOW = ZoneInfo("Europe/Moscow")
