@@ -32,7 +32,7 @@ from gateway.kinds.deal import DealCreateKind, DealUpdateKind
 from gateway.kinds.lead import LeadKind
 from gateway.kinds.order1 import Order1Kind
 from gateway.ops.endpoints import create_ops_app
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import Metrics, RequestStats
 from gateway.ops.retention import Retention
 from gateway.queue import Queue, open_queue
 from gateway.relay.pacing import Pacer
@@ -77,19 +77,23 @@ def create_app(
         [_queue_ctx, _retention_ctx, _session_ctx, _intake_ctx, _ops_ctx, _relay_ctx]
     )
     app.on_shutdown.append(_start_draining)
+    _add_routes(app.router, settings, sites, metrics.http)
+    return app
+
+
+def _add_routes(
+    router: web.UrlDispatcher, settings: Settings, sites: Sites, stats: RequestStats
+) -> None:
     expect = listener.expect_handler(settings.max_body)
     # A bulk upload is invited up to its own limit (curl asks before a body of 1 MiB or more).
     expect_upload = listener.expect_handler(settings.max_upload)
     for method, path, handler in _routes(settings, sites):
         invite = expect_upload if path in UPLOADS else expect
         for verb in ("HEAD", "GET") if method == "GET" else (method,):  # as add_get does
-            app.router.add_route(
-                verb, path, edge(path, handler, metrics.http), expect_handler=invite
-            )
+            router.add_route(verb, path, edge(path, handler, stats), expect_handler=invite)
     # Last, so every route above is tried first: what none of them takes gets a JSON answer.
-    app.router.add_route("*", "/{path:.*}", edge("unmatched", unmatched, metrics.http),
-                         expect_handler=expect)
-    return app
+    router.add_route("*", "/{path:.*}", edge("unmatched", unmatched, stats),
+                     expect_handler=expect)
 
 
 def _routes(settings: Settings, sites: Sites) -> list[tuple[str, str, Handler]]:
