@@ -53,6 +53,17 @@ class Metrics:
         Info("ctgw_build", "Version of the running gateway.", registry=r).info(
             {"version": _version()}
         )
+        self._declare_intake(r)
+        self._declare_lead_delivery(r)
+        self._declare_jobs(r)
+        self._declare_upstream(r)
+        self._declare_points(r)
+        self._declare_pacer(r)
+        self._declare_listener(r)
+        self._declare_queue(r)
+        self._zero()
+
+    def _declare_intake(self, r: CollectorRegistry) -> None:
         self.received = LoopCounter(
             "ctgw_leads_received", "Leads posted to the gateway, by channel, outcome and site.",
             ("channel", "outcome", "site"),
@@ -72,14 +83,8 @@ class Metrics:
             "fired and site; one lead may count under several.",
             ["signal", "site"], registry=r,
         )
-        self.upstream = Counter(
-            "ctgw_upstream_requests", "Requests to Calltouch, by method and outcome.",
-            ["method", "outcome"], registry=r,
-        )
-        self.upstream_seconds = Histogram(
-            "ctgw_upstream_request_duration_seconds", "Calltouch answer time.",
-            ["method"], buckets=_UPSTREAM, registry=r,
-        )
+
+    def _declare_lead_delivery(self, r: CollectorRegistry) -> None:
         self.delivered = Counter(
             "ctgw_leads_delivered", "Leads Calltouch accepted, by site.", ["site"], registry=r
         )
@@ -87,6 +92,12 @@ class Metrics:
             "ctgw_leads_dead", "Leads dead-lettered, by reason and site.", ["reason", "site"],
             registry=r,
         )
+        self.delivery_seconds = Histogram(
+            "ctgw_lead_delivery_seconds", "Time from acceptance to delivery, by site.",
+            ["site"], buckets=_DELIVERY, registry=r,
+        )
+
+    def _declare_jobs(self, r: CollectorRegistry) -> None:
         # Every kind (lead, deal.create, deal.update, comment, order1): the lead series above
         # stay beside them, for the dashboards and alerts built on them.
         self.jobs_received = Counter(
@@ -105,23 +116,27 @@ class Metrics:
             "ctgw_job_delivery_seconds", "Time from acceptance to delivery, by kind and site.",
             ["kind", "site"], buckets=_DELIVERY, registry=r,
         )
+
+    def _declare_upstream(self, r: CollectorRegistry) -> None:
+        self.upstream = Counter(
+            "ctgw_upstream_requests", "Requests to Calltouch, by method and outcome.",
+            ["method", "outcome"], registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "ctgw_upstream_request_duration_seconds", "Calltouch answer time.",
+            ["method"], buckets=_UPSTREAM, registry=r,
+        )
         self.auth_failures = Counter(
             "ctgw_upstream_auth_failures", "Calls Calltouch refused for their credentials, by"
             " method: that kind waits for the right token, without spending attempts.",
             ["method"], registry=r,
         )
-        self.retention_purged = Counter(
-            "ctgw_retention_purged", "Settled leads whose personal data was purged, by state.",
-            ["state"], registry=r,
-        )
-        self.delivery_seconds = Histogram(
-            "ctgw_lead_delivery_seconds", "Time from acceptance to delivery, by site.",
-            ["site"], buckets=_DELIVERY, registry=r,
-        )
         self.upstream_healthy = Gauge(
             "ctgw_upstream_healthy", "1 while Calltouch answers; 0 while it is down and only"
             " one probe call at a time goes.", ["site"], registry=r,
         )
+
+    def _declare_points(self, r: CollectorRegistry) -> None:
         self.points_spent = Counter(
             "ctgw_points_spent", "API points spent by the calls Calltouch took, by site.",
             ["site"], registry=r,
@@ -135,6 +150,8 @@ class Metrics:
             " its jobs wait for the next hour, one probe call every 5 minutes.", ["site"],
             registry=r,
         )
+
+    def _declare_pacer(self, r: CollectorRegistry) -> None:
         self.rate_limit = Gauge(
             "ctgw_upstream_rate_limit", "The pacer's current requests per second.", registry=r
         )
@@ -145,6 +162,8 @@ class Metrics:
             "ctgw_pacer_wait_seconds", "Time a send waited for the pacer.",
             buckets=_WAIT, registry=r,
         )
+
+    def _declare_listener(self, r: CollectorRegistry) -> None:
         self.http = RequestStats(_FAST)
         r.register(self.http)
         self.ready = Gauge("ctgw_ready", "1 while the gateway takes leads.", registry=r)
@@ -155,9 +174,14 @@ class Metrics:
             "ctgw_http_connections_refused",
             "Connections turned away with 503 because CTGW_MAX_CONNECTIONS were open.", registry=r,
         )
+
+    def _declare_queue(self, r: CollectorRegistry) -> None:
         self.queue = QueueCollector()
         r.register(self.queue)
-        self._zero()
+        self.retention_purged = Counter(
+            "ctgw_retention_purged", "Settled leads whose personal data was purged, by state.",
+            ["state"], registry=r,
+        )
 
     def count_received(self, channel: str, outcome: str, site: str) -> None:
         self.received.inc(channel, outcome, site)
