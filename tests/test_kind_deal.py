@@ -14,20 +14,11 @@ from hypothesis import strategies as st
 from gateway.calltouch.answers import Convert, Defer, Delivered, Permanent, Retry, http_failure
 from gateway.calltouch.client import Reply
 from gateway.errors import Invalid
-from gateway.kinds import deal as deals
+from gateway.kinds import deal_fields as deals
 from gateway.kinds import leadservice as ls
-from gateway.kinds.deal import (
-    KIND_CREATE,
-    KIND_UPDATE,
-    DealCreateKind,
-    DealUpdateKind,
-    Fallback,
-    follow,
-    merge,
-    order_number,
-    payload,
-    validate,
-)
+from gateway.kinds.deal import KIND_CREATE, KIND_UPDATE, DealCreateKind, DealUpdateKind
+from gateway.kinds.deal_fields import Fallback, order_number, payload, validate
+from gateway.kinds.deal_merge import follow, merge
 from gateway.queue.base import Job
 
 MOSCOW = ZoneInfo("Europe/Moscow")

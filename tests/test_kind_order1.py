@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from gateway.calltouch.answers import Defer, Delivered, Permanent, Retry, http_failure
 from gateway.calltouch.client import Reply
 from gateway.errors import Invalid
-from gateway.kinds import order1
+from gateway.kinds import order1, order1_params
 from gateway.kinds.order1 import (
     KIND,
-    MAX_QUERY,
     PATHS,
     Order,
     Order1Kind,
@@ -24,8 +23,8 @@ from gateway.kinds.order1 import (
     from_payload,
     op_for_path,
     payload,
-    validate,
 )
+from gateway.kinds.order1_params import MAX_QUERY, validate
 from gateway.queue.base import Job
 
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -352,8 +351,8 @@ def test_statuses_http_decides_keep_the_clients_verdict(status: int, code: str) 
 
 MARK = "QZXJ"
 NAMES = st.sampled_from(sorted(
-    {*order1._CHECKS["register"], *order1._CHECKS["update"], "orderDate", "clientApiId",
-     "custom[a]", "custom[]", "custom[[x]]"}
+    {*order1_params._CHECKS["register"], *order1_params._CHECKS["update"], "orderDate",
+     "clientApiId", "custom[a]", "custom[]", "custom[[x]]"}
 )) | st.text(max_size=12)
 VALUES = (
     st.text(max_size=40)

@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.calltouch.client import CalltouchClient
 from gateway.config import Settings
 from gateway.intake.listener import bound_address
-from gateway.kinds import deal, lead
+from gateway.kinds import deal_fields, lead
 from gateway.kinds.deal import KIND_CREATE, DealCreateKind
 from gateway.kinds.lead import LeadKind
 from gateway.ops.metrics import Metrics
@@ -107,7 +107,8 @@ def lead_put(n: int) -> Put:
 def deal_put(n: int) -> Put:
     data = {"orderNumber": f"order-{n}", "status": "new", "orderDate": "01-12-2026 10:00:00",
             "phones": ["+7 920 555-00-55"]}
-    return Put(KIND_CREATE, deal.payload(deal.validate(data, MOSCOW)), f"order-{n}", SITE)
+    return Put(KIND_CREATE, deal_fields.payload(deal_fields.validate(data, MOSCOW)),
+               f"order-{n}", SITE)
 
 
 async def calls(rig: Rig, method: str) -> list[dict[str, object]]:

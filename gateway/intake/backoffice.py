@@ -25,8 +25,8 @@ from gateway.intake.handlers import json_response
 from gateway.intake.uploads import Item, open_upload
 from gateway.kinds import comment as comments
 from gateway.kinds import deal as deals
+from gateway.kinds import deal_fields, deal_merge, order1, order1_params
 from gateway.kinds import lead as leads
-from gateway.kinds import order1
 from gateway.ops.metrics import Metrics
 from gateway.queue import PENDING, Put, PutResult, Queue, QueueError, State, Status
 from gateway.queue.base import Link
@@ -79,15 +79,15 @@ class BackOffice:
     site_of: Callable[[web.Request], str]  # the site a token's request is for (Intake.api_site)
     is_draining: Callable[[], bool]
     _zones: dict[str, zoneinfo.ZoneInfo] = field(init=False, repr=False)
-    _fallbacks: dict[str, deals.Fallback] = field(init=False, repr=False)
+    _fallbacks: dict[str, deal_fields.Fallback] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         s = self.settings
         self._zones = {name: zoneinfo.ZoneInfo(site.timezone)
                        for name, site in self.sites.sites.items()}
         self._fallbacks = {
-            name: deals.Fallback(site.deal_fallback_source or s.deal_source, s.deal_medium,
-                                 s.deal_campaign)
+            name: deal_fields.Fallback(site.deal_fallback_source or s.deal_source, s.deal_medium,
+                                       s.deal_campaign)
             for name, site in self.sites.sites.items()
         }
 
@@ -99,14 +99,14 @@ class BackOffice:
                                   functools.partial(self._deal_link, site), self._append)
 
     async def _deal_link(self, site: str, data: dict[str, Any]) -> Link:
-        deal = deals.validate(data, self._zones[site], self._fallbacks[site])
+        deal = deal_fields.validate(data, self._zones[site], self._fallbacks[site])
         after = None if deal.lead is None else await self._lead_job(site, deal.lead)
-        payload = deals.payload(deal)
+        payload = deal_fields.payload(deal)
         return Link(
             deal.order_number,
             Put(deals.KIND_CREATE, payload, deal.order_number, site, after=after),
             Put(deals.KIND_UPDATE, payload, None, site),
-            merge=deals.merge, follow=deals.follow,
+            merge=deal_merge.merge, follow=deal_merge.follow,
         )
 
     async def get_deal(self, request: web.Request) -> web.Response:
@@ -153,7 +153,7 @@ class BackOffice:
         site = self._legacy_site(params.pop(order1.API_ID, ""))
         self._check_draining()
         try:
-            order = order1.validate(op, params, self._zones[site])
+            order = order1_params.validate(op, params, self._zones[site])
         except Invalid as exc:
             self._received(order1.KIND, "invalid", site)
             raise exc from None

@@ -20,6 +20,7 @@ from gateway.calltouch.client import Call, Reply
 from gateway.errors import FieldError, Invalid
 from gateway.kinds import fields as f
 from gateway.kinds import leadservice as ls
+from gateway.kinds import matching as m
 from gateway.queue.base import Job
 
 KIND = "comment"
@@ -89,10 +90,10 @@ def _target(name: str, value: object, errors: list[FieldError]) -> dict[str, Any
         lead = _text(value, "lead", errors)
         return {"lead": lead}
     if name == "matching":
-        errors += ls.check_matching(value, _TYPES)
+        errors += m.check_matching(value, _TYPES)
         return {"matching": value}  # Calltouch's own list: passed through as given
     try:
-        ls.check_id(value)
+        m.check_id(value)
     except f.Bad as bad:
         errors.append(FieldError(name, bad.code, str(bad)))
         return {}
