@@ -19,7 +19,7 @@ from gateway.queue.base import DEFAULT_SITE
 DEFAULT_TIMEZONE = "Europe/Moscow"
 _HOST = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
                    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
-HOST_FORM = "expected a host name without scheme, port or path, e.g. shop.ru"
+_HOST_FORM = "expected a host name without scheme, port or path, e.g. shop.ru"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ def host_name(raw: str) -> str:
         try:
             return f"[{ipaddress.IPv6Address(host)}]"
         except ValueError:
-            raise ValueError(HOST_FORM) from None
+            raise ValueError(_HOST_FORM) from None
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
@@ -122,7 +122,7 @@ def host_name(raw: str) -> str:
             raise ValueError("not a valid international domain name") from None
     host = host.removesuffix(".")
     if not _HOST.fullmatch(host):
-        raise ValueError(HOST_FORM)
+        raise ValueError(_HOST_FORM)
     return host
 
 
