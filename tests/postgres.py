@@ -65,6 +65,7 @@ class Cluster:
         self.dir = Path(tempfile.mkdtemp(prefix="ctgw-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
+        self.finished: list[str] = []  # databases of ended tests, not yet dropped
         self._owner = _owner()
         if self._owner is not None:
             os.chown(self.dir, self._owner.pw_uid, self._owner.pw_gid)
@@ -119,6 +120,11 @@ class Cluster:
         self.sql(f"CREATE DATABASE {name}")
         return name
 
+    def drop_finished(self) -> None:
+        """Drop the databases of tests that have ended (``finished``)."""
+        while self.finished:
+            self.sql(f"DROP DATABASE {self.finished.pop()} WITH (FORCE)")
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Cluster]:
@@ -133,7 +139,12 @@ def postgres() -> Iterator[Cluster]:
 
 @pytest.fixture
 def postgres_url(postgres: Cluster) -> Iterator[str]:
-    """The URL of a new, empty database; dropped after the test."""
+    """The URL of a new, empty database, dropped when the next test starts (or with the cluster).
+
+    Not at this fixture's teardown: pytest tears it down before the fixtures set up ahead of
+    it, such as ``start_gateway``, so a drop there forced a still-running gateway off its store
+    in the middle of its shutdown (a teardown once hung for 120 s so)."""
+    postgres.drop_finished()
     name = postgres.new_database()
     yield postgres.url(name)
-    postgres.sql(f"DROP DATABASE {name} WITH (FORCE)")
+    postgres.finished.append(name)
