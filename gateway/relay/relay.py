@@ -32,6 +32,10 @@ IDLE_SECONDS = 60.0
 AUTH_FAILED = "auth_failed"  # the Defer code of a call refused for its credentials
 # While every site with work of a kind waits for its API points, look again this often.
 POINTS_LOOK = 1.0
+# After its grace, a stop gives the sends it cut short this long to give their leases back. A
+# store that cannot answer by then (a network partition) is not waited for: the leases end
+# after ``lease_timeout`` and their jobs go again, so the stop fits a service manager's limit.
+GIVE_BACK_SECONDS = 5.0
 
 
 class Sender(Protocol):
@@ -100,20 +104,30 @@ class Relay:
             self._dispatchers.append(task)
 
     async def stop(self, grace: float) -> int:
-        """Stop leasing, give in-flight sends ``grace`` seconds, give back the rest's leases."""
+        """Stop leasing, give in-flight sends ``grace`` seconds, then cancel the rest and give
+        their leases back, for ``GIVE_BACK_SECONDS`` at most; how many sends were cut short."""
         for task in self._dispatchers:
             task.cancel()
-        await asyncio.gather(*self._dispatchers, return_exceptions=True)
-        if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=grace)
+        if running := [*self._dispatchers, *self._inflight]:
+            await asyncio.wait(running, timeout=grace)
         late = {task: jobs for task, jobs in self._inflight.items() if not task.done()}
         for task in late:
             task.cancel()
+        # Waited for with a bound, not gathered: a task cut off in the middle of a statement
+        # to a store that has gone silent finishes only when the store's pool is closed.
+        give_back = asyncio.ensure_future(self._give_back_late(late))
+        _, pending = await asyncio.wait([give_back, *self._dispatchers], timeout=GIVE_BACK_SECONDS)
+        if pending:
+            give_back.cancel()
+            log.error("relay stop: the store did not answer in %.0fs; the leases of %d jobs"
+                      " end by themselves", GIVE_BACK_SECONDS, sum(map(len, late.values())))
+        return len(late)
+
+    async def _give_back_late(self, late: dict[asyncio.Task[None], list[Job]]) -> None:
         await asyncio.gather(*late, return_exceptions=True)
         for job in (job for jobs in late.values() for job in jobs):
             with contextlib.suppress(Exception):
                 await self._queue.release(job)
-        return len(late)
 
     async def _dispatch(self, sender: Sender) -> None:
         failures = 0
