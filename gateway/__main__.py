@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 from gateway import __version__, app, dead_cli, import_cli, spam_cli
 from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, store_from_env
 from gateway.ops import logs
@@ -34,6 +36,11 @@ Action = Callable[[Queue], Awaitable[None]]
 # A lead allocates a few hundred objects, nearly all freed by reference counting; at the default
 # of 700 the young generation was collected every ~70 leads, 3 % of intake CPU at full load.
 _GC_YOUNG = 20_000
+# After the grace for in-flight sends, the rest of a stop (leases given back, the last stamps
+# recorded, the store closed) gets this long: with the default grace a stop then ends within
+# systemd's TimeoutStopSec and compose's stop_grace_period (30 s), with a line saying why.
+STOP_SECONDS = 15.0
+EXIT_STOP_LATE = 1
 # argparse prints these as they are: plain text, not the reStructuredText of the docstrings.
 _DESCRIPTION = (
     "A durable, rate-limited gateway from website forms to the Calltouch API. "
@@ -124,8 +131,25 @@ async def _serve(settings: Settings, store: str, sites: Sites) -> None:
     log.info("listening public=%s ops=%s", running.url, running.ops_url)
     await stop.wait()
     log.info("stopping: readiness off, intake closed, finishing in-flight sends")
-    await running.runner.cleanup()
+    await _stop(running.runner, settings.shutdown_grace + STOP_SECONDS)
     log.info("stopped")
+
+
+async def _stop(runner: web.AppRunner, seconds: float) -> None:
+    """Stop the gateway; if a store gone silent holds the stop past ``seconds``, exit at once,
+    as after a crash: what the store committed stays, and leased jobs go again when their
+    leases end."""
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait([cleanup], timeout=seconds)
+    if cleanup in done:
+        cleanup.result()
+        return
+    log.error("stop did not finish in %.0fs (the store does not answer): exiting now;"
+              " leased jobs go again when their leases end", seconds)
+    logging.shutdown()
+    # Not a return: asyncio.run would then wait for the tasks that wait on the store, the
+    # very wait this bound ends.
+    os._exit(EXIT_STOP_LATE)
 
 
 def _warn_above_calltouch(rate: float) -> None:
