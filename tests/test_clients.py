@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.typedefs import LooseHeaders
+from multidict import CIMultiDict
 
 from gateway.config import Settings
 from gateway.config_values import ClientRate
@@ -62,7 +64,7 @@ def test_tracked_clients_are_bounded() -> None:
     assert limiter.take("10.0.0.0") == 0.0  # long evicted: starts with a full bucket
 
 
-async def flood(url: str, local: str, count: int, headers: dict[str, str] | None = None,
+async def flood(url: str, local: str, count: int, headers: LooseHeaders | None = None,
                 first: int = 0) -> list[aiohttp.ClientResponse]:
     connector = aiohttp.TCPConnector(local_addr=(local, 0))
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -98,4 +100,20 @@ async def test_forged_forwarded_for_from_an_untrusted_peer_is_ignored(
     for i in range(20):
         forged = {"X-Forwarded-For": f"192.0.2.{i}"}
         answers += await flood(gw.url, "127.0.0.4", 1, forged, first=i)
+    assert sum(a.status in (200, 202) for a in answers) <= 6
+
+
+async def test_a_forged_line_before_the_proxys_own_line_is_not_the_client(
+    start_gateway: Any, settings: Settings
+) -> None:
+    """A proxy that adds its own ``X-Forwarded-For`` line (HAProxy's ``option forwardfor``)
+    leaves the client's forged line first: the lines are one list, read from the right."""
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    gw = await start_gateway(replace(settings, client_rate=ClientRate(10 / 60, 5),
+                                     trusted_proxies=loopback))
+    answers = []
+    for i in range(20):
+        lines = CIMultiDict([("X-Forwarded-For", f"192.0.2.{i}"),
+                             ("X-Forwarded-For", "198.51.100.7")])
+        answers += await flood(gw.url, "127.0.0.5", 1, lines, first=i)
     assert sum(a.status in (200, 202) for a in answers) <= 6

@@ -124,8 +124,9 @@ class Intake:
         # "Origin: null"; it says nothing of a foreign site, so it is scored, not refused.
         if not named and origin not in (None, "null"):
             raise BadRequest("forbidden_origin", "this origin may not post leads", status=403)
-        peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"),
-                         self.settings.trusted_proxies)
+        # A proxy may add its own header line rather than extend the client's: read them all.
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+        peer = client_ip(request.remote, forwarded, self.settings.trusted_proxies)
         if wait := self.limiter.take(peer):
             raise Throttled(wait)
         return named
