@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.app import OPS_RUNNER, QUEUE, create_app
 from gateway.config import Settings
+from gateway.config_values import ClientRate
 from gateway.intake.listener import bound_address
 from gateway.ops.metrics import NO_SITE
 from gateway.queue import State
@@ -264,6 +265,27 @@ async def test_allowed_origins_get_cors_headers(
         assert_error(await bad.json(), "forbidden_origin")
     resp, _ = await post(http, f"{gw.url}/leads", lead(9), Origin="https://x.example")
     assert resp.status == 403
+
+
+async def test_an_allowed_origin_can_read_why_its_lead_was_refused(
+    start_gateway: Any, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    """Without the CORS header a browser hides a 422 or a 429 from the page: the snippet
+    could not tell a refused lead from a network failure, and would keep it to resend."""
+    gw: Gateway = await start_gateway(replace(
+        settings, allowed_origins=frozenset({SHOP}), client_rate=ClientRate(1 / 60, 1)))
+    invalid = {**lead(10), "phoneNumber": "12"}
+    resp, answer = await post(http, f"{gw.url}/leads", invalid, "text/plain", Origin=SHOP)
+    assert resp.status == 422
+    assert_error(answer, "invalid_lead")
+    assert resp.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "Origin" in resp.headers["Vary"]
+    resp, answer = await post(http, f"{gw.url}/leads", lead(11), "text/plain", Origin=SHOP)
+    assert resp.status == 429
+    assert resp.headers["Access-Control-Allow-Origin"] == SHOP
+    assert received(gw, "browser", "invalid") == 1
+    assert received(gw, "browser", "throttled") == 1
+    assert await jobs_in_queue(gw) == 0
 
 
 async def test_form_urlencoded_with_custom_fields_reaches_calltouch(

@@ -57,7 +57,7 @@ def edge(route: str, handler: Handler, stats: RequestStats) -> Handler:
         try:
             response = await handler(request)
         except GatewayError as exc:
-            response = _from_gateway(exc)
+            response = error_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect passes through as it is
                 stats.observe(route, method, exc.status, time.perf_counter() - started)
@@ -87,7 +87,8 @@ async def unmatched(request: web.Request) -> web.Response:
     raise web.HTTPNotFound
 
 
-def _from_gateway(exc: GatewayError) -> web.Response:
+def error_response(exc: GatewayError) -> web.Response:
+    """The JSON answer to a domain error, in the one shape of every error."""
     body = error_body(exc.error, [e.as_dict() for e in exc.errors])
     response = web.Response(
         status=exc.status, body=body, headers=exc.headers, content_type="application/json"

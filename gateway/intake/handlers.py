@@ -23,6 +23,7 @@ from gateway.ids import new_id
 from gateway.intake import bodies
 from gateway.intake.bots import BOT_SIGNALS, BotScorer, origin_names_site
 from gateway.intake.clients import ClientLimiter, client_ip
+from gateway.intake.edge import error_response
 from gateway.intake.listener import read_body
 from gateway.intake.quarantine import Quarantine
 from gateway.kinds import lead as leads
@@ -100,11 +101,16 @@ class Intake:
             if isinstance(exc, InvalidLead):
                 for error in exc.errors:
                     self.metrics.validation_errors.labels(error.code).inc()
-            raise
+            if channel != "browser" or named == NO_SITE:
+                raise
+            # An allowed page must be able to read why (a 422, a 429): its browser hides an
+            # answer without the CORS header, and the snippet would keep the lead to resend.
+            response = error_response(exc)
         except web.HTTPException:
             self.metrics.count_received(channel, "rejected", named)
             raise
-        self.metrics.count_received(channel, outcome, named)
+        else:
+            self.metrics.count_received(channel, outcome, named)
         if channel == "browser":
             self._allow_origin(request.headers.get("Origin"), site, response)
         return response
