@@ -34,7 +34,8 @@ PERSON: dict[str, Any] = {  # what a person's browser sends, through the snippet
 
 def score(settings: Settings = DEFAULTS, **request: Any) -> Score:
     args: dict[str, Any] = {**PERSON, **request}
-    return BotScorer.from_settings(settings).score(**args)
+    return BotScorer.from_settings(settings).score(
+        **args, allowed_origins=settings.allowed_origins)
 
 
 # With the default settings: min 1.5 s, fast=2, origin=1, agent=2, threshold 2.
@@ -138,7 +139,8 @@ def test_any_request_gets_a_consistent_score(
     host: str, weights: tuple[int, int, int], threshold: int,
 ) -> None:
     settings = replace(DEFAULTS, bot_weights=BotWeights(*weights), bot_threshold=threshold)
-    result = BotScorer.from_settings(settings).score(elapsed, origin, referer, agent, host)
+    result = BotScorer.from_settings(settings).score(
+        elapsed, origin, referer, agent, host, allowed_origins=settings.allowed_origins)
     by_name = dict(zip(bots.SIGNALS, weights, strict=True))
     assert result.points == sum(by_name[s] for s in result.signals)
     assert all(by_name[s] > 0 for s in result.signals)  # a signal with weight 0 never fires

@@ -11,6 +11,7 @@ import pytest
 
 from gateway import app
 from gateway.config import Settings
+from gateway.config_values import BotWeights
 from gateway.ops.metrics import Metrics
 from gateway.sandbox.run import SandboxThread
 from gateway.sites import Sites
@@ -26,6 +27,7 @@ SITES_TOML = """
 site_id = "1001"
 mod_id = "shop0001"
 hosts = ["shop.test"]
+allowed_origins = ["https://promo.shop.test"]
 access_token = "env:SHOP_CT_TOKEN"
 client_api_id = "file:shop-api-id"
 
@@ -49,16 +51,21 @@ def sites_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def two_sites(
-    settings: Settings, sandbox: SandboxThread, tmp_path: Path
-) -> AsyncIterator[tuple[Gateway, Sites]]:
+async def start_two_sites(settings: Settings, tmp_path: Path) -> tuple[Gateway, Sites]:
     sites = load_sites(str(sites_file(tmp_path)),
                        {"SHOP_CT_TOKEN": "shop-access-token", "BOTH_TOKEN": BOTH_TOKEN})
     multi = dataclasses.replace(settings, site_id="", sites_file=str(tmp_path / "sites.toml"))
     running = await app.start(multi, Metrics(), sites=sites)
-    yield Gateway(running.url, running.ops_url, running.runner, running.metrics), sites
-    await running.runner.cleanup()
+    return Gateway(running.url, running.ops_url, running.runner, running.metrics), sites
+
+
+@pytest.fixture
+async def two_sites(
+    settings: Settings, sandbox: SandboxThread, tmp_path: Path
+) -> AsyncIterator[tuple[Gateway, Sites]]:
+    gw, sites = await start_two_sites(settings, tmp_path)
+    yield gw, sites
+    await gw.runner.cleanup()
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: object, **kwargs: object
@@ -107,6 +114,33 @@ async def test_a_token_posts_only_for_its_sites_and_names_one_when_it_has_severa
         assert resp.status == 404
     async with http.get(f"{api}/{answer['id']}?site=blog", headers=both) as resp:
         assert resp.status == 200
+
+
+async def test_a_referer_of_the_sites_own_allowed_origin_names_it(
+    settings: Settings, sandbox: SandboxThread, tmp_path: Path, http: aiohttp.ClientSession,
+) -> None:
+    """The bot score's ``origin`` signal reads the site's allowed origins, not the gateway's."""
+    gw, _ = await start_two_sites(dataclasses.replace(settings, bot_weights=BotWeights()),
+                                  tmp_path)
+    try:
+        await _post_with_referers(gw, http)
+    finally:
+        await gw.runner.cleanup()
+
+
+async def _post_with_referers(gw: Gateway, http: aiohttp.ClientSession) -> None:
+
+    def origin_signals() -> float | None:
+        return gw.metrics.registry.get_sample_value("ctgw_bot_signals_total",
+                                                    {"signal": "origin"})
+
+    browser = {"Host": "shop.test", "Origin": "null", "User-Agent": "Mozilla/5.0"}
+    promo = {**browser, "Referer": "https://promo.shop.test/landing"}
+    assert (await post(http, f"{gw.url}/leads", lead(1), headers=promo))[0] == 202
+    assert origin_signals() == 0
+    foreign = {**browser, "Referer": "https://elsewhere.test/landing"}
+    assert (await post(http, f"{gw.url}/leads", lead(2), headers=foreign))[0] == 202
+    assert origin_signals() == 1
 
 
 async def test_each_site_counts_its_leads_under_its_own_site_label(

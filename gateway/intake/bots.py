@@ -6,8 +6,9 @@ checked. The signals:
 
 * ``fast`` — the snippet says the form was sent sooner than ``CTGW_BOT_MIN_ELAPSED`` after the
   page loaded. A lead without that figure (a site posting from its own code) never fires it.
-* ``origin`` — neither ``Origin`` nor ``Referer`` names this site: its own host, or one of
-  ``CTGW_ALLOWED_ORIGINS``. Browsers send ``Origin`` with every POST; scripts rarely do.
+* ``origin`` — neither ``Origin`` nor ``Referer`` names this site: its own host, or one of its
+  allowed origins (``CTGW_ALLOWED_ORIGINS``, or ``allowed_origins`` in a sites file). Browsers
+  send ``Origin`` with every POST; scripts rarely do.
 * ``agent`` — no ``User-Agent``, or one containing a substring of ``CTGW_BOT_AGENTS``.
 """
 
@@ -75,6 +76,10 @@ def _names_bot(agent: str, needles: tuple[str, ...]) -> bool:
 _remembered_agent = functools.lru_cache(maxsize=_REMEMBERED)(_names_bot)
 
 
+def _names(origin: str | None, known: bool | None, host: str, allowed: frozenset[str]) -> bool:
+    return origin_names_site(origin, host, allowed) if known is None else known
+
+
 @dataclass(frozen=True, slots=True)
 class BotScorer:
     """Built once from the settings; :meth:`score` runs on every browser lead."""
@@ -83,7 +88,6 @@ class BotScorer:
     weights: tuple[int, int, int]  # fast, origin, agent
     threshold: int
     agents: tuple[str, ...]  # lower case
-    allowed_origins: frozenset[str]  # lower case, no trailing slash
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BotScorer:
@@ -91,21 +95,23 @@ class BotScorer:
         # An empty substring would match every agent; settings built in code may use capitals.
         agents = tuple(a.lower() for a in settings.bot_agents if a)
         return cls(settings.bot_min_elapsed * 1000, (w.fast, w.origin, w.agent),
-                   settings.bot_threshold, agents, settings.allowed_origins)
+                   settings.bot_threshold, agents)
 
     def score(
         self, elapsed_ms: int | None, origin: str | None, referer: str | None,
-        agent: str | None, host: str, *, origin_named: bool | None = None,
+        agent: str | None, host: str, *, allowed_origins: frozenset[str],
+        origin_named: bool | None = None,
     ) -> Score:
-        """Score one request: ``host`` is its ``Host``; headers it lacks are ``None``.
+        """Score one request: ``host`` is its ``Host``; headers it lacks are ``None``;
+        ``allowed_origins`` those of the site it posts to (lower case, no trailing slash).
 
         ``origin_named`` is :func:`names_site` of ``origin``, when the caller has it already.
         """
         fast, by_origin, by_agent = self.weights
         fired = (
             fast > 0 and elapsed_ms is not None and elapsed_ms < self.min_elapsed_ms,
-            by_origin > 0 and not self._names(origin, origin_named, host)
-            and not names_site(referer, host, self.allowed_origins),
+            by_origin > 0 and not _names(origin, origin_named, host, allowed_origins)
+            and not names_site(referer, host, allowed_origins),
             by_agent > 0 and self._bot_agent(agent),
         )
         if not any(fired):
@@ -113,9 +119,6 @@ class BotScorer:
         points = sum(w for w, hit in zip(self.weights, fired, strict=True) if hit)
         signals = tuple(name for name, hit in zip(SIGNALS, fired, strict=True) if hit)
         return Score(points, signals, points >= self.threshold)
-
-    def _names(self, origin: str | None, known: bool | None, host: str) -> bool:
-        return origin_names_site(origin, host, self.allowed_origins) if known is None else known
 
     def _bot_agent(self, agent: str | None) -> bool:
         if agent is None:

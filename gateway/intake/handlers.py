@@ -183,7 +183,7 @@ class Intake:
         data = bodies.decode(bodies.media_type(request.headers.get("Content-Type", "")), body)
         lead = leads.validate(data, channel, zone)
         put = leads.to_put(lead, zone, site.name)
-        verdict = self._bot_verdict(request, lead, channel, origin_named)
+        verdict = self._bot_verdict(request, lead, channel, site, origin_named)
         if verdict is not None:
             # A bot gets the answer a person gets, so it learns nothing; it is quarantined.
             return self._answer(self._quarantine(put, *verdict), "queued", 202, "spam")
@@ -197,7 +197,8 @@ class Intake:
         return self._answer(result.status.id, "queued", 202, "accepted")
 
     def _bot_verdict(
-        self, request: web.Request, lead: leads.Lead, channel: leads.Channel, origin_named: bool
+        self, request: web.Request, lead: leads.Lead, channel: leads.Channel, site: Site,
+        origin_named: bool,
     ) -> tuple[tuple[str, ...], int | None] | None:
         """The signals and score of a bot's lead; ``None`` for a person's."""
         if lead.honeypot:
@@ -208,7 +209,7 @@ class Intake:
         headers = request.headers
         score = self._bots.score(lead.elapsed, headers.get("Origin"), headers.get("Referer"),
                                  headers.get("User-Agent"), request.host,
-                                 origin_named=origin_named)
+                                 allowed_origins=site.allowed_origins, origin_named=origin_named)
         # Counted below the threshold too: how often each fires on real leads guides the weights.
         for signal in score.signals:
             self._signals[signal].inc()
