@@ -19,6 +19,9 @@ FORM = "application/x-www-form-urlencoded"
     (b'{"fio": "\xd0\x98\xd0\xb2\xd0\xb0\xd0\xbd"}', {"fio": "Иван"}),
     (b'{"fio": "\\u0418\\u0432\\u0430\\u043d"}', {"fio": "Иван"}),
     (b'{"fio": "\\ud83d\\ude00"}', {"fio": "\U0001f600"}),
+    # A lone surrogate, as JSON.stringify writes a cut inside an emoji: one character mended.
+    (b'{"fio": "ab\\ud83d", "c": "\\ude00x"}', {"fio": "ab\ufffd", "c": "\ufffdx"}),
+    (b'{"fio": "\\\\ud800"}', {"fio": "\\ud800"}),  # an escaped backslash, then text
     (b' {"tags": ["a", "b"], "customFields": {"n": 1}} \n', {
         "tags": ["a", "b"], "customFields": {"n": 1}}),
     (b"{}", {}),
@@ -63,7 +66,6 @@ WIDE_DEEP = b'{"customFields": {"x": [[[[1]]]]}}'
     (JSON, b'{"fio": "\xff"}', "malformed_json"),                # bad UTF-8
     (JSON, b'{"fio": "\xd0"}', "malformed_json"),                # truncated UTF-8
     (JSON, b'{"fio": "\xed\xa0\x80"}', "malformed_json"),        # UTF-8-encoded surrogate
-    (JSON, b'{"fio": "\\ud800"}', "malformed_json"),             # lone surrogate escape
     (JSON, b'\xff\xfe{\x00}\x00', "malformed_json"),              # UTF-16
     (JSON, b'{"n": NaN}', "malformed_json"),
     (JSON, b'{"n": Infinity}', "malformed_json"),

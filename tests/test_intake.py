@@ -288,6 +288,24 @@ async def test_an_allowed_origin_can_read_why_its_lead_was_refused(
     assert await jobs_in_queue(gw) == 0
 
 
+async def test_a_field_cut_inside_an_emoji_is_delivered_mended(
+    gateway: Gateway, http: aiohttp.ClientSession, sandbox: SandboxThread
+) -> None:
+    """The snippet cuts a long field by UTF-16 units; a cut inside an emoji leaves half of it,
+    which JSON.stringify writes as a lone surrogate escape. The lead is kept, not refused."""
+    body = ('{"fio": "Иван", "phoneNumber": "+79205550055", "comment": "ok \\ud83d",'
+            ' "requestNumber": "cut-1"}').encode()
+    resp, answer = await post(http, f"{gateway.url}/leads", body, "text/plain")
+    assert resp.status == 202, answer
+
+    async def arrived() -> bool:
+        return bool(await sandbox_requests(http, sandbox.url))
+
+    await eventually(arrived, timeout=10)
+    [arrival] = await sandbox_requests(http, sandbox.url)
+    assert arrival["form"]["comment"] == "ok \ufffd"
+
+
 async def test_form_urlencoded_with_custom_fields_reaches_calltouch(
     gateway: Gateway, http: aiohttp.ClientSession, sandbox: SandboxThread
 ) -> None:

@@ -50,11 +50,29 @@ def _depth(value: object, level: int = 0) -> int:
     return level
 
 
+# Escapes, scanned left to right so that an escaped backslash is never read as an escape's
+# start: a surrogate pair, a lone surrogate, or any other escape.
+_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})|\\."
+)
+
+
+def _mend_surrogates(body: bytes) -> bytes:
+    """``body`` with each lone surrogate escape as U+FFFD. ``JSON.stringify`` writes one when
+    a cut falls inside an emoji (the snippet cuts long fields); orjson refuses it, and the
+    visitor's lead would be lost for one character."""
+    return _ESCAPE.sub(lambda m: rb"\ufffd" if m[1] else m[0], body)
+
+
 def decode_json(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise BadRequest("malformed_json", "the body is not valid UTF-8 JSON") from None
+        try:
+            data = orjson.loads(_mend_surrogates(body))
+        except orjson.JSONDecodeError:
+            raise BadRequest("malformed_json", "the body is not valid UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("malformed_json", "the body must be a JSON object")
     # Nesting needs an opening bracket per level: with few in the text, skip the walk.
