@@ -160,11 +160,29 @@ def store_from_env(env: Mapping[str, str]) -> StoreSettings:
     )
 
 
+# What the variables say of the one site, and where a sites file says it of each of its sites:
+# with CTGW_SITES both set, the variable would be used by no site, and silently.
+_OF_ONE_SITE = {
+    "CTGW_SITE_ID": "site_id", "CTGW_MOD_ID": "mod_id", "CTGW_ALLOWED_ORIGINS": "allowed_origins",
+    "CTGW_TIMEZONE": "timezone", "CTGW_ACCESS_TOKEN": "access_token",
+    "CTGW_CLIENT_API_ID": "client_api_id", "CTGW_POINTS_PER_HOUR": "points_per_hour",
+    "CTGW_POINTS_PER_DAY": "points_per_day",
+}
+
+
+def _one_site_variables(env: Mapping[str, str]) -> None:
+    for variable, key in _OF_ONE_SITE.items():
+        if _req(env, variable) is not None:
+            raise ConfigError("CTGW_SITES", f"and {variable} are both set: the sites file gives"
+                              f" each site its own {key}; unset {variable}")
+    if _req(env, "CTGW_API_TOKENS") is not None:
+        raise ConfigError("CTGW_SITES", "and CTGW_API_TOKENS are both set: the sites file's"
+                          " [tokens] binds each token to its sites; unset CTGW_API_TOKENS")
+
+
 def _site_id(env: Mapping[str, str], sandbox: bool) -> str:
     if _req(env, "CTGW_SITES") is not None:
-        if _req(env, "CTGW_SITE_ID") is not None:
-            raise ConfigError("CTGW_SITES", "and CTGW_SITE_ID are both set: the sites file names"
-                              " every site's id; unset CTGW_SITE_ID")
+        _one_site_variables(env)
         if sandbox:
             raise ConfigError("CTGW_SITES", "is set, but --sandbox relays to the simulator")
         return ""  # each site has its own, in the file
@@ -234,9 +252,6 @@ def _points(env: Mapping[str, str]) -> PointsSettings:
     d = PointsSettings()
     per_hour = _parse(env, "CTGW_POINTS_PER_HOUR", parse_count, None)
     per_day = _parse(env, "CTGW_POINTS_PER_DAY", parse_count, None)
-    if (per_hour or per_day) and _req(env, "CTGW_SITES") is not None:
-        raise ConfigError("CTGW_SITES", "and CTGW_POINTS_PER_HOUR/_PER_DAY are both set: the "
-                          "sites file holds each site's budgets")
     return PointsSettings(
         per_hour, per_day,
         reserve=_parse(env, "CTGW_POINTS_RESERVE", parse_reserve, d.reserve),

@@ -51,6 +51,6 @@ def parse_pattern(raw: str) -> str:
     """A regular expression (Python's), checked here so a bad one stops the start."""
     try:
         re.compile(raw)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((…
         raise ValueError(f"not a regular expression: {exc}") from None
     return raw

@@ -93,9 +93,29 @@ def parse_client_rate(raw: str) -> ClientRate:
 
 def parse_url(raw: str) -> str:
     parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port not a number, or out of range
+    except ValueError:
+        raise ValueError("expected an http(s) URL with a port of 1 to 65535, if any") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http(s) URL")
     return raw.rstrip("/")
+
+
+ORIGIN_FORM = "expected an origin: http(s)://host[:port], e.g. https://shop.ru"
+
+
+def parse_origin(raw: str) -> str:
+    """One origin as browsers send it: scheme and host in lower case, no trailing slash."""
+    origin = raw.strip().rstrip("/").lower()
+    try:
+        parse_url(origin)
+    except ValueError:
+        raise ValueError(ORIGIN_FORM) from None
+    parts = urlsplit(origin)
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(ORIGIN_FORM)
+    return origin
 
 
 def parse_queue(raw: str) -> str:
@@ -110,11 +130,7 @@ def parse_queue(raw: str) -> str:
 
 
 def parse_origins(raw: str) -> frozenset[str]:
-    # Browsers send scheme and host in lower case, with no trailing slash.
-    origins = [o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip()]
-    for origin in origins:
-        parse_url(origin)
-    return frozenset(origins)
+    return frozenset(parse_origin(o) for o in raw.split(",") if o.strip())
 
 
 def parse_networks(raw: str) -> tuple[IPNetwork, ...]:

@@ -12,18 +12,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 from gateway.config import ConfigError
 from gateway.config_points import parse_reserve
-from gateway.config_values import parse_label, parse_secret, parse_site_id, parse_url
+from gateway.config_values import (
+    parse_label,
+    parse_origin,
+    parse_secret,
+    parse_site_id,
+)
 from gateway.sites import Site, host_name
 
 T = TypeVar("T")
 
 VARIABLE = "CTGW_SITES"
 MIN_TOKEN = 16
-_ORIGIN_FORM = "expected an origin: http(s)://host[:port], e.g. https://shop.ru"
 _SECRET_FORM = "expected a string: the value itself, env:VARIABLE or file:/path"  # noqa: S105
 _MAX_SECRET_FILE = 4096  # bytes: more is not a credential (and /dev/zero must not hang us)
 
@@ -133,24 +136,11 @@ def hosts(raw: object, at: At, key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hosts))  # in the file's order, each once
 
 
-def _origin(raw: str) -> str:
-    # Browsers send scheme and host in lower case, with no trailing slash.
-    origin = parse_url(raw.strip().rstrip("/").lower())
-    parts = urlsplit(origin)
-    try:
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
-    except ValueError:
-        raise ValueError(_ORIGIN_FORM) from None
-    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
-        raise ValueError(_ORIGIN_FORM)
-    return origin
-
-
 def origins(raw: object, at: At, key: str) -> frozenset[str]:
     if raw == []:
         return frozenset()
     items = _strings(raw, at, key, '["https://promo.shop.ru"]')
-    return frozenset(parsed(_origin)(o, at, key) for o in items)
+    return frozenset(parsed(parse_origin)(o, at, key) for o in items)
 
 
 def site_names(sites: Mapping[str, Site]) -> Convert[frozenset[str]]:

@@ -80,6 +80,9 @@ def test_good_values(variable: str, raw: str, attribute: str, value: object) -> 
     ("CTGW_CALLTOUCH_URL", "api.calltouch.ru"),
     ("CTGW_CALLTOUCH_URL", "http://"),
     ("CTGW_CALLTOUCH_URL", "http://[::1"),
+    ("CTGW_CALLTOUCH_URL", "http://127.0.0.1:abc"),
+    ("CTGW_CALLTOUCH_URL", "http://127.0.0.1:99999"),
+    ("CTGW_CALLTOUCH_URL", "http://:80"),
     ("CTGW_LISTEN", "8080"),
     ("CTGW_LISTEN", "localhost:http"),
     ("CTGW_LISTEN", "127.0.0.1:70000"),
@@ -104,6 +107,9 @@ def test_good_values(variable: str, raw: str, attribute: str, value: object) -> 
     ("CTGW_API_TOKENS", f"{'a' * 16},tiny"),
     ("CTGW_ALLOWED_ORIGINS", "shop.example.ru"),
     ("CTGW_ALLOWED_ORIGINS", "https://a.example,ftp://b.example"),
+    ("CTGW_ALLOWED_ORIGINS", "https://shop.example.ru/contacts"),  # a page, not an origin
+    ("CTGW_ALLOWED_ORIGINS", "https://shop.example.ru:abc"),
+    ("CTGW_ALLOWED_ORIGINS", "https://user@shop.example.ru"),
     ("CTGW_TRUSTED_PROXIES", "nginx"),
     ("CTGW_TRUSTED_PROXIES", "10.0.0.0/33"),
     ("CTGW_CLIENT_RATE", "10"),
@@ -129,6 +135,20 @@ def test_bad_values_name_the_variable(variable: str, raw: str) -> None:
     assert info.value.variable == variable
     assert str(info.value).startswith(f"{variable}: ")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("variable", [
+    "CTGW_SITE_ID", "CTGW_MOD_ID", "CTGW_ALLOWED_ORIGINS", "CTGW_TIMEZONE", "CTGW_ACCESS_TOKEN",
+    "CTGW_CLIENT_API_ID", "CTGW_POINTS_PER_HOUR", "CTGW_POINTS_PER_DAY", "CTGW_API_TOKENS",
+])
+def test_a_variable_of_one_site_is_refused_beside_a_sites_file(variable: str) -> None:
+    """With ``CTGW_SITES`` no site would use it: an operator moving to a sites file who kept
+    ``CTGW_API_TOKENS`` got a 401 on every call, with nothing said at the start."""
+    with pytest.raises(ConfigError) as info:
+        from_env({"CTGW_SITES": "/etc/ct-gateway/sites.toml", variable: "anything"})
+    assert info.value.variable == "CTGW_SITES"
+    assert f"unset {variable}" in str(info.value)
+    assert "anything" not in str(info.value)  # the value may be a secret
 
 
 @pytest.mark.parametrize("env", [{}, {"CTGW_SITE_ID": ""}, {"CTGW_SITE_ID": "  "}])

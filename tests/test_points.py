@@ -203,7 +203,8 @@ def test_settings() -> None:
 @pytest.mark.parametrize(("name", "value"), [
     ("CTGW_POINTS_PER_HOUR", "0"), ("CTGW_POINTS_RESERVE", "100%"),
     ("CTGW_POINTS_RESERVE", "-1"), ("CTGW_POINT_COSTS", "register"),
-    ("CTGW_POINTS_REFUSAL", "(unclosed"), ("CTGW_POINTS_PROBE", "soon"),
+    ("CTGW_POINTS_REFUSAL", "(unclosed"), ("CTGW_POINTS_REFUSAL", "a{99999999999}"),
+    ("CTGW_POINTS_REFUSAL", "(" * 5000 + ")" * 5000), ("CTGW_POINTS_PROBE", "soon"),
 ])
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
