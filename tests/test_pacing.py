@@ -38,6 +38,20 @@ async def test_no_window_holds_more_than_the_rate() -> None:
     assert sent[-1] - sent[0] == pytest.approx(9.0)  # 50 at 5/s: the rate is not wasted
 
 
+@pytest.mark.parametrize(("rate", "per_second"), [(4.5, 4), (1.5, 1), (4.99, 4), (0.5, 1)])
+async def test_a_fractional_rate_holds_in_every_second(rate: float, per_second: int) -> None:
+    """``CTGW_RATE=4.5`` once meant 4 calls per 0.89 s: 8 in some seconds, and 429s."""
+    clock = FakeClock()
+    pacer = Pacer(rate, margin=0.0, clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(40):
+        slot = await pacer.acquire()
+        slot.written(clock())
+        sent.append(clock())
+    assert max_in_window(sent) == per_second
+    assert len(sent) / (sent[-1] - sent[0] + 1) >= min(rate, per_second) * 0.9  # not wasted
+
+
 async def test_late_writes_push_later_grants() -> None:
     """A busy loop writes a request late: the next grants wait for that write, not the grant."""
     clock = FakeClock()

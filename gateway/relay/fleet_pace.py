@@ -43,6 +43,7 @@ from gateway.queue.postgres import guarded
 from gateway.queue.postgres_schema import SESSION_SETTINGS
 from gateway.relay import fleet_pace_sql as sql
 from gateway.relay.gates import Turns, urgency
+from gateway.relay.pacing import window_of
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,7 @@ class FleetPace:
         self.egress = egress
         self.limit = rate
         self.current = rate
-        self.count = max(1, math.floor(rate))
-        self.window = self.count / rate + margin  # as the Pacer's: the margin absorbs jitter
+        self.count, self.window = window_of(rate, margin)  # as the Pacer's
         self.bound = bound
         self.ahead = ahead
         self._recovery = recovery

@@ -58,6 +58,15 @@ class Slot:
         return self.sent_at
 
 
+def window_of(rate: float, margin: float) -> tuple[int, float]:
+    """``count`` calls per ``window`` seconds, so that no second holds more than ``rate``.
+
+    Below 1 a second, one call per 1/``rate`` s. Above, a second holds a whole number of calls:
+    4.5 a second is 4 in every second (4 per 0.89 s would put 8 in some seconds)."""
+    count = max(1, math.floor(rate))
+    return count, max(1.0, count / rate) + margin
+
+
 class Pacer:
     """At most ``rate`` calls in every sliding second (plus ``margin``), as a gate."""
 
@@ -73,9 +82,8 @@ class Pacer:
     ) -> None:
         self.limit = rate
         self.current = rate
-        self.count = max(1, math.floor(rate))
         # The margin absorbs jitter between our write and Calltouch's read of the request.
-        self.window = self.count / rate + margin
+        self.count, self.window = window_of(rate, margin)
         self._recovery = recovery
         self._clock = clock
         self._sleep = sleep
