@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.calltouch.client import CalltouchClient, trace_config
+from gateway.calltouch.client import CalltouchClient, upstream_session
 from gateway.config import Settings
 from gateway.intake import listener, snippet
 from gateway.intake.backoffice import BackOffice
@@ -189,10 +189,8 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=app[SETTINGS].concurrency * 2)
-    async with aiohttp.ClientSession(
-        connector=connector, trace_configs=[trace_config(), *app[TRACES]],
-        raise_for_status=False,
-    ) as session:
+    traces = app[TRACES]
+    async with upstream_session(connector, traces) as session:
         app[SESSION] = session
         yield
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from email.utils import formatdate
 from typing import Any
@@ -20,7 +21,7 @@ from gateway.calltouch.answers import (
     http_failure,
     redact,
 )
-from gateway.calltouch.client import Call, CalltouchClient, Reply, trace_config
+from gateway.calltouch.client import Call, CalltouchClient, Reply, trace_config, upstream_session
 from gateway.kinds.lead import read_answer, register_form
 from gateway.relay.pacing import Pacer
 from gateway.sandbox import arrivals
@@ -154,3 +155,32 @@ async def test_a_slot_is_stamped_no_earlier_than_its_request_reached_calltouch()
     # median for the side and a bound for the rest.
     assert len(lags) == len(slots) and lags[len(lags) // 2] > 0, lags
     assert lags[0] > -0.001 and lags[-1] < 0.5, lags
+
+
+async def test_a_dropped_get_is_not_sent_again_behind_the_pacers_back() -> None:
+    """aiohttp re-sends an idempotent request once when a kept-alive connection drops after
+    it: a deals 1.0 update (a GET) would reach Calltouch twice under one pace slot."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            seen.append(head)
+            if len(seen) == 2:  # read, then the connection drops without an answer
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    call = Call("GET", "/calls-service/RestAPI/orders/update-by-id/", query={"id": "1"})
+    try:
+        async with upstream_session(aiohttp.TCPConnector()) as session:
+            client = CalltouchClient(session, f"http://127.0.0.1:{port}", timeout=5.0)
+            first = await client.send(call, lambda at: None)
+            second = await client.send(call, lambda at: None)
+    finally:
+        server.close()
+    assert first.status == 200
+    assert second.status is None and isinstance(second.failure, Retry), second
+    assert len(seen) == 2  # the relay retries it, at its own pace
