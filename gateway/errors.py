@@ -4,6 +4,7 @@
     ├── BadRequest          the request cannot be taken at all (400, 403, 408, 413, 415, 503)
     │   ├── Throttled       the client posts too fast (429 with Retry-After)
     │   ├── SlowClient      the body did not arrive in time (408, connection closed)
+    │   ├── MalformedBody   the body cannot be decoded, e.g. gzip that is not (400, closed)
     │   └── ClientGone      the client hung up mid-body (counted; nobody reads the answer)
     └── Invalid             the body reads, but fields break the rules (422)
         └── InvalidLead     … of a lead
@@ -71,6 +72,15 @@ class SlowClient(BadRequest):
 
     def __init__(self) -> None:
         super().__init__("body_timeout", "the body took too long to arrive", status=408)
+
+
+class MalformedBody(BadRequest):
+    # The rest of the stream cannot be decoded either: aiohttp's lingering read of it would
+    # raise again, outside any handler, as an ERROR with a traceback.
+    close_connection = True
+
+    def __init__(self) -> None:
+        super().__init__("malformed_body", "the body cannot be decoded", status=400)
 
 
 class ClientGone(BadRequest):

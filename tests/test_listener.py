@@ -218,6 +218,26 @@ async def test_a_body_that_does_not_match_its_content_encoding_is_400(
     assert (status, orjson.loads(answer)["error"]) == (400, "malformed_body")
 
 
+async def test_an_undecodable_body_closes_the_connection_without_an_error_log(
+    start_gateway: Callable[..., object], strict: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    reader, writer = await _connect(gateway)
+    body = b"this is not gzip" * 64
+    writer.write((
+        f"POST /leads HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body)
+    try:
+        status, headers, answer = await asyncio.wait_for(_answer(reader), timeout=5)
+        rest = await asyncio.wait_for(reader.read(), timeout=5)  # EOF: the server closed
+    finally:
+        writer.close()
+    assert (status, orjson.loads(answer)["error"]) == (400, "malformed_body")
+    assert headers.get("Connection") == "close" and rest == b""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 async def test_a_content_type_full_of_comments_is_415_not_a_recursion_error(
     start_gateway: Callable[..., object], strict: Settings
 ) -> None:

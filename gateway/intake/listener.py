@@ -18,7 +18,7 @@ from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import Settings
-from gateway.errors import BadRequest, ClientGone, SlowClient
+from gateway.errors import ClientGone, MalformedBody, SlowClient
 from gateway.intake.edge import error_body
 from gateway.ops.logs import ClientErrors
 from gateway.ops.metrics import Metrics
@@ -129,7 +129,7 @@ async def read_body(request: web.Request, deadline: float) -> bytes:
     except TimeoutError:
         raise SlowClient from None
     except (HttpProcessingError, web.RequestPayloadError):  # e.g. gzip that is not
-        raise BadRequest("malformed_body", "the body cannot be decoded", status=400) from None
+        raise MalformedBody from None
     except ConnectionError:
         raise ClientGone from None
 

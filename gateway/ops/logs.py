@@ -10,6 +10,7 @@ from types import TracebackType
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -33,7 +34,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class ClientErrors(logging.Filter):
-    """aiohttp logs every request it cannot parse as an ERROR with a traceback.
+    """aiohttp logs every request it cannot parse, or whose body it cannot decode, as an ERROR
+    with a traceback.
 
     Scanners send such requests all day; that is the client's fault, not ours, and the
     exception's text quotes the bytes sent, a token or a phone among them. So they are
@@ -42,7 +44,7 @@ class ClientErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        if not isinstance(exc, HttpProcessingError | RequestPayloadError):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.msg, record.args = "unparsable request: %s", (type(exc).__name__,)
