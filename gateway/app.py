@@ -105,7 +105,8 @@ def _routes(settings: Settings, sites: Sites) -> list[tuple[str, str, Handler]]:
         ("GET", "/api/v1/leads/{id}", _status),
         ("GET", "/snippet.js", served.serve),
         ("POST", "/api/v1/deals", _post_deals),
-        ("GET", "/api/v1/deals/{order_number}", _get_deal),
+        # The rest of the path: a CRM's number may hold "/" or "{" (1.0's own example does).
+        ("GET", "/api/v1/deals/{order_number:.+}", _get_deal),
         ("POST", "/api/v1/comments", _post_comments),
         ("GET", "/api/v1/comments/{id}", _get_comment),
         *((method, LEGACY + path, _legacy) for method, path in LEGACY_ROUTES),
@@ -135,8 +136,10 @@ async def _status(request: web.Request) -> web.Response:
 UPLOADS = frozenset({"/api/v1/deals", "/api/v1/comments"})
 # Calltouch's own paths of deals 1.0: an integration changes only its base URL.
 LEGACY = "/calls-service/RestAPI/orders/"
-LEGACY_ROUTES = (("GET", "register/"), ("POST", "register/"), ("GET", "update-by-id/"),
-                 ("GET", "delete-by-id/"))
+# Each with and without the trailing "/": the 1.0 doc writes update-by-id both ways.
+LEGACY_ROUTES = tuple((method, name + end) for method, name in (
+    ("GET", "register"), ("POST", "register"), ("GET", "update-by-id"), ("GET", "delete-by-id"),
+) for end in ("/", ""))
 
 
 async def _post_deals(request: web.Request) -> web.Response:

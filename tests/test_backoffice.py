@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Settings
@@ -339,10 +340,12 @@ def delete_of(number: str) -> dict[str, str]:
 
 
 async def legacy_get(
-    http: aiohttp.ClientSession, url: str, method: str, params: dict[str, str]
+    http: aiohttp.ClientSession, url: str, method: str, params: dict[str, str],
+    *, slash: bool = True,
 ) -> int:
-    """As a 1.0 integration calls Calltouch: a GET with the query; it reads only the status."""
-    async with http.get(f"{url}{LEGACY}/{method}/", params=params) as resp:
+    """As a 1.0 integration calls Calltouch: a GET with the query; it reads only the status.
+    ``slash``: the path ends with "/", as most of the doc writes it."""
+    async with http.get(f"{url}{LEGACY}/{method}{'/' if slash else ''}", params=params) as resp:
         await resp.read()
         return resp.status
 
@@ -499,3 +502,106 @@ async def settled_but_deferred(http: aiohttp.ClientSession, ops_url: str, deferr
     text = await metrics_text(http, ops_url)
     return sample(text, "ctgw_queue_jobs", state="leased") == 0 and sample(
         text, "ctgw_queue_jobs", state="delayed") == deferred
+
+
+# --- 6: bodies and paths the routes must take, or refuse in their own words ---------------
+
+# One object nested deeper than the upload limit (uploads.MAX_DEPTH, 8).
+DEEP = {"orderNumber": "deep-1", "comment": "x", "customFields": {"a": [[[[[[[[[1]]]]]]]]]}}
+
+
+async def test_a_lone_item_nested_too_deep_is_refused_as_it_is_inside_an_array(
+    start_gateway: Any, backoffice_settings: Settings, http: aiohttp.ClientSession,
+) -> None:
+    gw = await start_gateway(backoffice_settings)
+    async with http.post(f"{gw.url}/api/v1/deals", json=[DEEP], headers=AUTH) as resp:
+        assert resp.status == 202
+        [in_array] = (await resp.json())["errors"]
+    for path in ("/api/v1/deals", "/api/v1/comments"):
+        async with http.post(gw.url + path, json=DEEP, headers=AUTH) as resp:
+            body = await resp.json()
+            assert resp.status == 422, body
+        assert body["error"] == "invalid_item", body
+        [error] = body["errors"]
+        assert error == {k: v for k, v in in_array.items() if k != "index"} and \
+            error["code"] == "too_deep", body
+    text = await metrics_text(http, gw.ops_url)
+    assert sample(text, "ctgw_jobs_received_total", kind="deal.create", outcome="invalid") == 2
+    assert sample(text, "ctgw_jobs_received_total", kind="comment", outcome="invalid") == 1
+
+
+async def raw_answer(url: str, head: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """Send ``head`` (and whatever part of a body it holds) on a socket of its own and leave
+    the rest unsent: the status and body of the answer, when one comes in ``timeout``."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        async with asyncio.timeout(timeout):
+            status_line = await reader.readline()
+            headers = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            length = int(re.search(r"Content-Length: (\d+)", headers, re.I)[1])  # type: ignore[index]
+            return int(status_line.split()[1]), await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_a_1_0_post_body_that_cannot_be_read_is_400_a_stalled_one_408_a_big_one_413(
+    start_gateway: Any, backoffice_settings: Settings,
+) -> None:
+    gw = await start_gateway(replace(backoffice_settings, body_timeout=1.0))
+    register = f"POST {LEGACY}/register/?clientApiId={CLIENT_API_ID} HTTP/1.1\r\nHost: gw\r\n" \
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    status, body = await raw_answer(
+        gw.url, (register + "Content-Encoding: gzip\r\nContent-Length: 7\r\n\r\nnotgzip").encode())
+    assert (status, orjson.loads(body)["error"]) == (400, "malformed_body"), body
+    begun = asyncio.get_running_loop().time()
+    status, body = await raw_answer(
+        gw.url, (register + "Content-Length: 100\r\n\r\norderNumber=").encode())
+    assert (status, orjson.loads(body)["error"]) == (408, "body_timeout"), body
+    assert asyncio.get_running_loop().time() - begun < 5
+    big = backoffice_settings.max_body + 1
+    status, body = await raw_answer(
+        gw.url, (register + f"Content-Length: {big}\r\n\r\n").encode() + b"x" * big)
+    assert status == 413, body
+
+
+async def test_1_0_paths_are_taken_with_and_without_their_trailing_slash(
+    start_gateway: Any, backoffice_settings: Settings, sandbox: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    await sandbox_config(http, sandbox.url, client_api_id=CLIENT_API_ID)
+    gw = await start_gateway(backoffice_settings)
+    a, b = REGISTER_BY_CALL["orderNumber"], REGISTER_BY_PHONE["orderNumber"]
+    assert await legacy_get(http, gw.url, "register", REGISTER_BY_CALL, slash=False) == 202
+    async with http.post(f"{gw.url}{LEGACY}/register", data=REGISTER_BY_PHONE) as resp:
+        assert resp.status == 202, await resp.text()
+    assert await legacy_get(http, gw.url, "update-by-id", update_of(a), slash=False) == 202
+    assert await legacy_get(http, gw.url, "update-by-id", update_of(b)) == 202
+    assert await legacy_get(http, gw.url, "delete-by-id", delete_of(a), slash=False) == 202
+
+    async def applied() -> bool:
+        orders = await sandbox_view(http, sandbox.url, "orders")
+        return bool(orders.get(a, {}).get("deleted")) and orders.get(b, {}).get("updates") == 1
+
+    await eventually(applied, timeout=20)
+    rows = await sandbox_requests(http, sandbox.url)
+    assert ops_of(rows, a) == [("orders/register", 200), ("orders/update-by-id", 200),
+                               ("orders/delete-by-id", 200)]
+
+
+async def test_a_deal_whose_order_number_holds_a_slash_is_found_by_either_spelling(
+    start_gateway: Any, backoffice_settings: Settings, http: aiohttp.ClientSession,
+) -> None:
+    gw = await start_gateway(backoffice_settings)
+    number = REGISTER_BY_CALL["orderNumber"]  # "K2TU/sm{7u4X3F", the 1.0 doc's example
+    await post_one(http, gw.url, "/api/v1/deals", deal(number))
+    for spelled in ("K2TU%2Fsm%7B7u4X3F", "K2TU/sm%7B7u4X3F", "K2TU/sm{7u4X3F"):
+        url = yarl.URL(f"{gw.url}/api/v1/deals/{spelled}", encoded=True)
+        async with http.get(url, headers=AUTH) as resp:
+            body = await resp.json()
+            assert resp.status == 200, (spelled, body)
+        assert body["orderNumber"] == number, body
+    async with http.get(f"{gw.url}/api/v1/deals/K2TU/other", headers=AUTH) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "not_found"

@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.errors import BadRequest, FieldError, Invalid
 from gateway.intake.handlers import json_response
+from gateway.intake.listener import read_body
 from gateway.intake.uploads import Item, open_upload
 from gateway.kinds import comment as comments
 from gateway.kinds import deal as deals
@@ -148,7 +149,9 @@ class BackOffice:
             raise web.HTTPNotFound
         params = dict(request.query)
         if request.method == "POST":
-            body = await request.read()
+            # Bounded as a lead's body is: 408 past the deadline, 400 for one that cannot be
+            # decoded (bad gzip), 413 past CTGW_MAX_BODY; a bare read() waited and raised 500s.
+            body = await read_body(request, self.settings.body_timeout)
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         site = self._legacy_site(params.pop(order1.API_ID, ""))
         self._check_draining()
@@ -215,7 +218,7 @@ class BackOffice:
     ) -> web.Response:
         async for item in upload:
             try:
-                thing = await make(item.value)
+                thing = await make(_judged(item))
             except Invalid:
                 self._received(kind, "invalid", site)
                 raise
@@ -276,6 +279,14 @@ class BackOffice:
     def _received(self, kind: str, outcome: str, site: str, count: int = 1) -> None:
         if count:
             self.metrics.jobs_received.labels(kind, outcome, site).inc(count)
+
+
+def _judged(item: Item) -> dict[str, Any]:
+    """The value of a post's one item; an item the reader refused (nested too deep) is
+    answered as the same item in an array is judged, not handed on as ``None``."""
+    if item.value is None:
+        raise Invalid([item.error] if item.error else [], "invalid_item")
+    return item.value
 
 
 async def _chunks(upload: Any, size: int) -> AsyncIterator[list[Item]]:
