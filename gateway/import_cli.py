@@ -19,12 +19,22 @@ from dataclasses import dataclass, field
 from typing import IO
 
 import aiohttp
+import orjson
 
 from gateway.config import ConfigError
 
 CHUNK_LINES = 1000
 DELIVERED = "ctgw_jobs_delivered_total{kind=\"deal."
 TOKEN_VARIABLE = "CTGW_IMPORT_TOKEN"  # noqa: S105 -- the variable's name, not a token
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Lines of the file to post as one request, with each one's line number in the file:
+    blank lines are not sent, so the gateway's own numbers count only these."""
+
+    lines: list[bytes]
+    numbers: list[int]
 
 
 @dataclass(slots=True)
@@ -38,15 +48,16 @@ class Progress:
     delivered: int | None = None
     errors: list[dict[str, object]] = field(default_factory=list)
 
-    def add(self, lines: int, answer: dict[str, object], offset: int) -> None:
-        self.sent += lines
+    def add(self, chunk: Chunk, answer: dict[str, object]) -> None:
+        self.sent += len(chunk.lines)
         for name in ("accepted", "merged", "rejected"):
             value = answer.get(name)
             setattr(self, name, getattr(self, name) + (value if isinstance(value, int) else 0))
         errors = answer.get("errors")
         for error in errors if isinstance(errors, list) else []:
-            if isinstance(error, dict) and isinstance(error.get("line"), int):
-                error = {**error, "line": error["line"] + offset}  # the file's line number
+            line = error.get("line") if isinstance(error, dict) else None
+            if isinstance(error, dict) and isinstance(line, int) and 0 < line <= len(chunk.numbers):
+                error = {**error, "line": chunk.numbers[line - 1]}  # the file's line number
             if len(self.errors) < 100:
                 self.errors.append(error)
 
@@ -81,13 +92,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    """Post the file; a failure that stops it early (no file, no gateway, a line that is not
+    UTF-8, an answer that is not the gateway's) is a :class:`ConfigError`: one line, exit 2."""
     token = os.environ.get(TOKEN_VARIABLE, "").strip()
     if not token:
         raise ConfigError(TOKEN_VARIABLE, "required: an API token of the gateway (CTGW_API_TOKENS)")
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    stream = sys.stdin.buffer if args.file == "-" else _open(args.file)
     with stream:
         total = None if args.file == "-" else _count_lines(args.file)
-        progress = asyncio.run(_post_all(stream, args.url, args.ops_url, token, total))
+        progress = asyncio.run(_post_all(stream, args.file, args.url, args.ops_url, token,
+                                         total))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     for error in progress.errors:
@@ -96,41 +110,82 @@ def run(args: argparse.Namespace) -> int:
     return 0 if progress.rejected == 0 else 1
 
 
+def _open(path: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")  # closed by run's with
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read it: {exc.strerror or exc}") from None
+
+
 def _count_lines(path: str) -> int:
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
 
-def _chunks(stream: IO[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in stream:
-        if line.strip():
-            chunk.append(line if line.endswith("\n") else line + "\n")
-        if len(chunk) == CHUNK_LINES:
+def _stopped(progress: Progress, problem: str, option: str = "--url") -> ConfigError:
+    """Why the import stopped, and how far it got: a rerun of the whole file is safe, what
+    was posted merges instead of being queued twice."""
+    return ConfigError(option, f"{problem}; lines posted before it: {progress.sent}"
+                       " (a rerun of the file adds nothing twice)")
+
+
+def _chunks(stream: IO[bytes], name: str, progress: Progress) -> Iterator[Chunk]:
+    """The file's non-blank lines, ``CHUNK_LINES`` a chunk. Read as bytes and split at each
+    newline byte alone, as the gateway splits them, so that both count the same lines."""
+    chunk = Chunk([], [])
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _stopped(progress, f"line {number} is not UTF-8 text", name) from None
+        chunk.lines.append(line if line.endswith(b"\n") else line + b"\n")
+        chunk.numbers.append(number)
+        if len(chunk.lines) == CHUNK_LINES:
             yield chunk
-            chunk = []
-    if chunk:
+            chunk = Chunk([], [])
+    if chunk.lines:
         yield chunk
 
 
 async def _post_all(
-    stream: IO[str], url: str, ops_url: str | None, token: str, total: int | None
+    stream: IO[bytes], name: str, url: str, ops_url: str | None, token: str, total: int | None
 ) -> Progress:
     progress = Progress(total)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
     async with aiohttp.ClientSession() as http:
-        for chunk in _chunks(stream):
-            async with http.post(f"{url.rstrip('/')}/api/v1/deals", data="".join(chunk),
-                                 headers=headers) as resp:
-                answer = await resp.json(content_type=None)
-                if resp.status != 202:
-                    raise ConfigError("--url", f"the gateway answered {resp.status}: {answer}")
-            progress.add(len(chunk), answer, progress.sent)
+        for chunk in _chunks(stream, name, progress):
+            answer = await _post(http, f"{url.rstrip('/')}/api/v1/deals", chunk, headers,
+                                 progress)
+            progress.add(chunk, answer)
             if ops_url is not None:
                 progress.delivered = await _delivered(http, ops_url)
             if sys.stderr.isatty():  # a progress line for a person; a script gets the summary
                 print("\r" + progress.line(), end="", file=sys.stderr, flush=True)
     return progress
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, chunk: Chunk, headers: dict[str, str],
+    progress: Progress,
+) -> dict[str, object]:
+    """The gateway's tally of one chunk; any other outcome stops the import."""
+    try:
+        async with http.post(url, data=b"".join(chunk.lines), headers=headers) as resp:
+            status, text = resp.status, await resp.text(errors="replace")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _stopped(progress, f"cannot reach the gateway at {url}: {exc or type(exc).__name__}"
+                       ) from None
+    try:
+        answer = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):  # a proxy's error page, or not a gateway at all
+        raise _stopped(progress, f"{url} answered {status} without the gateway's JSON")
+    if status != 202:
+        raise _stopped(progress, f"the gateway answered {status}: {answer}")
+    return answer
 
 
 async def _delivered(http: aiohttp.ClientSession, ops_url: str) -> int | None:

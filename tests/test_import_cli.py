@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -92,3 +94,60 @@ def test_an_import_without_a_token_names_the_variable(tmp_path: Path) -> None:
     file = write_file(tmp_path / "deals.ndjson", ["{}"])
     done = cli("deals", "import", str(file), cwd=tmp_path)
     assert done.returncode == 2 and "CTGW_IMPORT_TOKEN" in done.stderr, done
+
+
+async def test_blank_lines_do_not_shift_the_line_numbers_of_errors(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings,
+    tmp_path: Path,
+) -> None:
+    gw = await start_gateway(dataclasses.replace(settings, access_token="sandbox-token"))
+    lines = ["", orjson.dumps(deal(1)).decode(), "   ", "", '{"orderNumber": ""}',
+             orjson.dumps(deal(2)).decode()]
+    file = write_file(tmp_path / "deals.ndjson", lines)
+    done = await asyncio.to_thread(
+        cli, "deals", "import", str(file), "--url", gw.url, cwd=tmp_path,
+        CTGW_IMPORT_TOKEN=TOKEN,
+    )
+    assert done.returncode == 1, done
+    assert "line 5: orderNumber: " in done.stdout, done.stdout
+    assert "accepted 2, merged 0, rejected 1" in done.stdout, done.stdout
+
+
+def stopped_with_one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """An import that stops early says why in one line (no traceback) and exits 2."""
+    assert done.returncode == 2, done
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("ct-gateway: "), line
+    return line
+
+
+def test_an_import_of_a_missing_file_says_so_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.ndjson"
+    line = stopped_with_one_line(cli("deals", "import", str(missing), cwd=tmp_path,
+                                     CTGW_IMPORT_TOKEN=TOKEN))
+    assert str(missing) in line and "cannot read it" in line, line
+
+
+def test_an_import_to_no_gateway_says_so_in_one_line(tmp_path: Path) -> None:
+    file = write_file(tmp_path / "deals.ndjson", [orjson.dumps(deal(1)).decode()])
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    line = stopped_with_one_line(cli("deals", "import", str(file), "--url", url,
+                                     cwd=tmp_path, CTGW_IMPORT_TOKEN=TOKEN))
+    assert "cannot reach the gateway" in line and "lines posted before it: 0" in line, line
+
+
+async def test_a_line_that_is_not_utf8_stops_the_import_naming_it(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], settings: Settings,
+    tmp_path: Path,
+) -> None:
+    gw = await start_gateway(dataclasses.replace(settings, access_token="sandbox-token"))
+    file = tmp_path / "deals.ndjson"
+    file.write_bytes(orjson.dumps(deal(1)) + b"\n\n" + b'{"orderNumber": "\xff"}\n')
+    done = await asyncio.to_thread(
+        cli, "deals", "import", str(file), "--url", gw.url, cwd=tmp_path,
+        CTGW_IMPORT_TOKEN=TOKEN,
+    )
+    line = stopped_with_one_line(done)
+    assert "line 3 is not UTF-8" in line and str(file) in line, line
