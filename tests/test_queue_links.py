@@ -18,7 +18,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from gateway.queue import Back, Job, Put, PutResult, Queue, State, Status, open_queue
-from gateway.queue.base import Link
+from gateway.queue.base import PARENT_DEAD, Link
 from gateway.queue.sqlite_schema import path_from_url
 
 T0 = 1_700_000_000.0
@@ -168,6 +168,100 @@ async def test_a_job_held_for_a_dead_one_waits_for_its_replay(queue: Queue) -> N
     assert await queue.ack(again, "R2", T0 + 3)
     released = await lease_one(queue, "comment", T0 + 3)
     assert (released.id, released.after_upstream) == (child, "R2")
+
+
+async def dead_lead(q: Queue, at: float = T0 + 1) -> str:
+    """A lead put at T0, leased and dead-lettered at ``at``: its id."""
+    lead = await put(q, b'{"lead": 1}')
+    job = await lease_one(q, "lead", T0)
+    assert job.id == lead.status.id and await q.bury(job, "HTTP 400: bad", at)
+    return job.id
+
+
+async def assert_dead_for_its_parent(q: Queue, url: str, job_id: str) -> None:
+    """Dead with PARENT_DEAD, never tried, its payload gone, and no replay can queue it."""
+    status = await q.status(job_id)
+    assert status is not None
+    assert (status.state, status.attempts, status.purged) == (State.DEAD, 0, True)
+    assert status.last_error == PARENT_DEAD and status.public_status == "dead"
+    assert await rows(url, f"SELECT payload FROM jobs WHERE id = '{job_id}'") == [(None,)]
+    assert await q.replay([job_id], T0 + 1000) == 0
+
+
+async def test_a_job_held_for_a_dead_one_dies_when_that_ones_payload_is_purged(
+    queue: Queue, url: str
+) -> None:
+    parent, child = await held_child(queue)
+    job = await lease_one(queue, "lead", T0)
+    assert await queue.bury(job, "HTTP 400: bad", T0 + 5)
+    # Within the dead retention the child keeps waiting for a replay.
+    assert (await queue.purge(T0 + 100, T0 + 5, 10)).dead == 0
+    assert await state_of(queue, child) == State.HELD
+    purged = await queue.purge(T0 + 100, T0 + 6, 10)
+    assert purged.dead == 2  # the parent's payload, and the child buried with its own
+    assert await queue.replay([parent], T0 + 7) == 0
+    await assert_dead_for_its_parent(queue, url, child)
+    # Dead since its wait became hopeless: when its parent died.
+    assert await rows(url, f"SELECT done_at FROM jobs WHERE id = '{child}'") == [(T0 + 5,)]
+    stats = await queue.stats()
+    assert (stats.counts[State.HELD], stats.counts[State.DEAD]) == (0, 2)
+    assert await queue.lease("comment", 10, T0 + 1000, 30) == []
+    assert (await queue.purge(T0 + 1000, T0 + 1000, 10)).dead == 0  # counted once
+
+
+async def test_what_waits_down_a_chain_for_a_purged_dead_job_is_dead_too(
+    queue: Queue, url: str
+) -> None:
+    lead = await dead_lead(queue)
+    link = deal("d-1", b"c")
+    create = await queue.append(Link("d-1", Put("create", b"c", "d-1", after=lead), link.next),
+                                T0 + 2)
+    update = await queue.append(deal("d-1", b"u1"), T0 + 3)
+    other = await put(queue, b'{"lead": 2}', key="rn-2")  # pending: its comment keeps waiting
+    waits = await put(queue, b"w", kind="comment", after=other.status.id)
+    assert (create.status.state, update.status.state) == (State.HELD, State.HELD)
+    purged = await queue.purge(T0 + 100, T0 + 100, 10)
+    assert purged.dead == 3
+    for job_id in (create.status.id, update.status.id):
+        await assert_dead_for_its_parent(queue, url, job_id)
+    assert await state_of(queue, waits.status.id) == State.HELD
+    assert await state_of(queue, other.status.id) == State.READY
+
+
+async def test_a_purge_in_batches_buries_the_children_of_each_batch(
+    queue: Queue, url: str
+) -> None:
+    children = []
+    for n in range(3):
+        lead = await put(queue, b"{}", key=f"rn-{n}")
+        children.append((await put(queue, b"c", kind="comment", after=lead.status.id)).status.id)
+    for job in await queue.lease("lead", 10, T0, 30):
+        assert await queue.bury(job, "HTTP 400: bad", T0 + 1)
+    assert (await queue.purge(T0 + 100, T0 + 100, limit=2)).dead == 6
+    for job_id in children:
+        await assert_dead_for_its_parent(queue, url, job_id)
+
+
+async def test_a_job_put_after_a_dead_and_purged_one_is_dead_at_once(
+    queue: Queue, url: str
+) -> None:
+    lead = await dead_lead(queue)
+    assert (await queue.purge(T0 + 100, T0 + 100, 10)).dead == 1
+    result = await put(queue, b"secret", key="c-1", kind="comment", now=T0 + 200, after=lead)
+    assert result.created
+    assert (result.status.state, result.status.last_error) == (State.DEAD, PARENT_DEAD)
+    assert result.status.purged
+    await assert_dead_for_its_parent(queue, url, result.status.id)
+    again = await put(queue, b"secret", key="c-1", kind="comment", now=T0 + 201, after=lead)
+    assert (again.created, again.status.id) == (False, result.status.id)
+    # A chain whose tail died and was purged: what is posted after it is dead at once too.
+    first = await queue.append(Link("d-1", Put("create", b"c", "d-1", after=lead),
+                                    deal("d-1", b"c").next), T0 + 202)
+    assert first.status.state == State.DEAD
+    update = await queue.append(deal("d-1", b"u1"), T0 + 203)
+    assert (update.created, update.status.state) == (True, State.DEAD)
+    await assert_dead_for_its_parent(queue, url, update.status.id)
+    assert (await queue.stats()).counts[State.HELD] == 0
 
 
 async def test_dedup_applies_to_puts_made_after_another(queue: Queue) -> None:
@@ -485,6 +579,26 @@ async def test_lease_of_several_takes_one_site(queue: Queue) -> None:
     second = await queue.lease("lead", 10, T0 + 10, 30)
     assert [(j.id, j.site) for j in second] == [(a1.status.id, "a"), (a2.status.id, "a")]
     assert await queue.lease("lead", 10, T0 + 10, 30) == []
+
+
+async def test_waits_and_backlogs_look_at_the_sites_asked_for_only(queue: Queue) -> None:
+    """A relay asks for the jobs of the sites it serves: another site's are not its work."""
+    gone = await put(queue, key="g-1", site="gone", now=T0)
+    assert not await queue.wait_for_work("lead", 0.2, ["a", "b"])
+    assert await queue.backlog("lead", T0 + 10, 10, ["a", "b"]) == (0, None)
+    assert await queue.wait_for_work("lead", 0.2, ["a", "gone"])
+    assert await queue.wait_for_work("lead", 0.2)  # any site's
+    await put(queue, key="a-1", site="a", now=T0 + 1)
+    await put(queue, key="a-2", site="a", now=T0 + 3)
+    assert await queue.wait_for_work("lead", 0.2, ["a", "b"])
+    assert await queue.backlog("lead", T0 + 10, 10, ["a", "b"]) == (2, T0 + 1)
+    assert await queue.backlog("lead", T0 + 10, 10, ["gone"]) == (1, T0)
+    assert await queue.backlog("lead", T0 + 10, 10) == (3, T0)
+    job = await queue.lease("lead", 1, T0 + 10, 30, site="gone")
+    assert [j.id for j in job] == [gone.status.id] and await queue.bury(job[0], "x", T0 + 11)
+    await put(queue, b"c", kind="comment", site="b", after="no-such-job", now=T0 + 12)
+    # Pending only (ready, leased, delayed): the dead one of "gone" is no one's work.
+    assert await queue.pending_by_site() == {"a": 2, "b": 1}
 
 
 async def test_find_returns_the_holder_of_a_dedup_key(queue: Queue) -> None:

@@ -8,9 +8,12 @@ kind. A settled job's payload (the lead, with all its personal data) is purged a
 retention; its status stays.
 
 A job may wait for another (``Put.after``): it is ``held``, never leased, until that one is
-delivered, and then leased with that one's upstream id. Jobs of one *chain* (one deal's
-create and updates, one 1.0 order's calls) each wait for the one before, so they reach
-Calltouch in the order they were put; a post to a chain may merge into its queued tail.
+delivered, and then leased with that one's upstream id. A job held for a dead one waits for
+its replay; once the dead one's payload is purged no replay can come, so what waits for it
+(directly or down a chain) is dead too, purged with it (:data:`PARENT_DEAD`). Jobs of one
+*chain* (one deal's create and updates, one 1.0 order's calls) each wait for the one before,
+so they reach Calltouch in the order they were put; a post to a chain may merge into its
+queued tail.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class State(StrEnum):
 
 PENDING = (State.READY, State.LEASED, State.DELAYED)
 DEFAULT_SITE = "default"
+# The last error of a job that waited for one whose payload was purged while dead.
+PARENT_DEAD = "parent_dead: the job it waits for was dead and has been purged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,8 @@ class Put:
     payload: bytes
     dedup_key: str | None = None
     site: str = DEFAULT_SITE
-    # A job id: this one is held (never leased) until that one is delivered.
+    # A job id: this one is held (never leased) until that one is delivered; dead at once
+    # (PARENT_DEAD) when that one is dead and purged.
     after: str | None = None
 
 
@@ -213,9 +219,12 @@ class Queue(Protocol):
         """Make every delayed job due at ``now`` (the upstream they waited for is back); how
         many."""
 
-    async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
-        """How many jobs of ``kind`` are visible (up to ``limit``), and since when the oldest
-        of them has been: a batch sender waits for a full call or its linger."""
+    async def backlog(
+        self, kind: str, now: float, limit: int, sites: Sequence[str] | None = None
+    ) -> tuple[int, float | None]:
+        """How many jobs of ``kind`` (of ``sites``, or any) are visible (up to ``limit``), and
+        since when the oldest of them has been: a batch sender waits for a full call or its
+        linger."""
 
     async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
         """The job holding ``dedup_key`` for ``(site, kind)``."""
@@ -248,7 +257,9 @@ class Queue(Protocol):
 
     async def purge(self, delivered_before: float, dead_before: float, limit: int) -> Purged:
         """Drop the payload of delivered jobs settled before ``delivered_before`` and of dead
-        jobs settled before ``dead_before``; status and dedup key stay.
+        jobs settled before ``dead_before``; status and dedup key stay. The jobs held for a
+        dead job purged here, and those held for them, are dead too (:data:`PARENT_DEAD`),
+        their payloads purged at once, in the same transaction; ``dead`` counts them.
 
         Works in transactions of at most ``limit`` jobs, letting other writes in between.
         """
@@ -274,9 +285,14 @@ class Queue(Protocol):
         points), and return the windows' totals; windows that ended a day before ``now`` are
         dropped."""
 
-    async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
-        """Wait until a job of ``kind`` (of ``site``, or any) is visible; ``False`` after
-        ``timeout`` seconds without one. Work that other processes queue wakes it too."""
+    async def wait_for_work(
+        self, kind: str, timeout: float, sites: Sequence[str] | None = None
+    ) -> bool:
+        """Wait until a job of ``kind`` (of one of ``sites``, or any) is visible; ``False``
+        after ``timeout`` seconds without one. Work that other processes queue wakes it too."""
+
+    async def pending_by_site(self) -> dict[str, int]:
+        """The number of pending jobs of each site that has some, from the counts kept."""
 
     async def stats(self) -> Stats:
         """Jobs by state and the oldest pending one's age, at a cost that does not grow with

@@ -155,8 +155,10 @@ class PostgresQueue(Settling):
         self._listener.wake()
         return hastened
 
-    async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
-        return await self._run(lambda conn: links.backlog(conn, kind, now, limit))
+    async def backlog(
+        self, kind: str, now: float, limit: int, sites: Sequence[str] | None = None
+    ) -> tuple[int, float | None]:
+        return await self._run(lambda conn: links.backlog(conn, kind, now, limit, sites))
 
     async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
         return await self._run(lambda conn: links.find(conn, site, kind, dedup_key))
@@ -233,25 +235,30 @@ class PostgresQueue(Settling):
         total = 0
         while True:
             # One transaction per batch: its row locks are held for one batch, not the purge.
-            count = await self._run(lambda conn: sql.purge(conn, state, before, limit))
-            total += count
+            count, buried = await self._run(lambda conn: sql.purge(conn, state, before, limit))
+            total += count + buried
             if count < limit:
                 return total
 
     async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]:
         return await self._run(lambda conn: points_sql.postgres_tally(conn, spent, now))
 
-    async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
+    async def wait_for_work(
+        self, kind: str, timeout: float, sites: Sequence[str] | None = None
+    ) -> bool:
         return await wait_until_due(
-            lambda: self._next_visible(kind, site), lambda: self._listener.event(kind),
+            lambda: self._next_visible(kind, sites), lambda: self._listener.event(kind),
             timeout, POLL_SECONDS,
         )
 
-    async def _next_visible(self, kind: str, site: str | None) -> float | None:
+    async def _next_visible(self, kind: str, sites: Sequence[str] | None) -> float | None:
         self._check_open()
         with guarded():
             await self._listener.connect()  # again after a server restart
-        return await self._run(lambda conn: sql.next_visible(conn, kind, site))
+        return await self._run(lambda conn: sql.next_visible(conn, kind, sites))
+
+    async def pending_by_site(self) -> dict[str, int]:
+        return await self._run(sql.pending_by_site)
 
     async def stats(self) -> Stats:
         return await self._run(sql.stats)

@@ -13,19 +13,21 @@ from typing import Any
 
 import orjson
 
-from gateway.queue.base import Job, Link, Put, PutResult, State, Status
+from gateway.queue.base import PARENT_DEAD, Job, Link, Put, PutResult, State, Status
 from gateway.queue.postgres_schema import Conn
 from gateway.queue.postgres_sql import STATUS_COLS, status_of
 
 _INSERT = """
 INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at, site,
-    after, after_upstream, chain, chain_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11)
+    after, after_upstream, chain, chain_seq, last_error, done_at)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (site, kind, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 _HOLDER = f"SELECT {STATUS_COLS} FROM jobs WHERE site = $1 AND kind = $2 AND dedup_key = $3"
-_PARENT = "SELECT state, upstream_id FROM jobs WHERE id = $1 FOR SHARE"
+# FOR SHARE also waits for a purge of the parent in progress (it locks FOR UPDATE), and a
+# purge skips a parent locked here: a purge never misses a child put meanwhile.
+_PARENT = "SELECT state, upstream_id, payload IS NULL FROM jobs WHERE id = $1 FOR SHARE"
 _CHAIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1 || chr(31) || $2))"
 _TAIL = """
 SELECT id, kind, state, payload, chain_seq FROM jobs
@@ -51,6 +53,11 @@ SELECT count(*), min(visible_at) FROM (SELECT visible_at FROM jobs
     WHERE kind = $1 AND state IN ('ready', 'leased', 'delayed') AND visible_at <= $2
     ORDER BY visible_at LIMIT $3) AS due
 """
+_BACKLOG_OF_SITES = """
+SELECT count(*), min(visible_at) FROM (SELECT visible_at FROM jobs
+    WHERE kind = $1 AND state IN ('ready', 'leased', 'delayed') AND visible_at <= $2
+    AND site = ANY($4::text[]) ORDER BY visible_at LIMIT $3) AS due
+"""
 _CHAIN = (
     f"SELECT {STATUS_COLS} FROM jobs WHERE site = $1 AND chain = $2 AND chain IS NOT NULL"
     " ORDER BY chain_seq"
@@ -62,21 +69,26 @@ async def put_linked(
     conn: Conn, job_id: str, item: Put, now: float,
     chain: str | None = None, seq: int | None = None,
 ) -> PutResult:
-    """Insert ``item`` (in the caller's transaction): held while its ``after`` is undelivered."""
+    """Insert ``item`` (in the caller's transaction): held while its ``after`` is undelivered,
+    dead at once (and purged) when that one is dead and purged, since it can never be."""
     state, upstream = State.READY, None
     if item.after is not None:
         rows = await conn.fetch(_PARENT, item.after)
-        if rows and rows[0][0] != State.DELIVERED.value:
+        if rows and rows[0][0] == State.DEAD.value and rows[0][2]:
+            state = State.DEAD
+        elif rows and rows[0][0] != State.DELIVERED.value:
             state = State.HELD
         elif rows:
             upstream = rows[0][1]
+    dead = state == State.DEAD
+    error = PARENT_DEAD if dead else None
     inserted = await conn.fetch(
-        _INSERT, job_id, item.kind, state.value, item.payload, item.dedup_key, now, item.site,
-        item.after, upstream, chain, seq,
+        _INSERT, job_id, item.kind, state.value, None if dead else item.payload, item.dedup_key,
+        now, item.site, item.after, upstream, chain, seq, error, now if dead else None,
     )
     if inserted:
-        return PutResult(Status(job_id, item.kind, state, now, 0, None, None, site=item.site),
-                         True)
+        return PutResult(Status(job_id, item.kind, state, now, 0, error, None, purged=dead,
+                                site=item.site), True)
     [holder] = await conn.fetch(_HOLDER, item.site, item.kind, item.dedup_key)
     return PutResult(status_of(holder), created=False)
 
@@ -147,8 +159,13 @@ async def hasten(conn: Conn, now: float) -> int:
     return int(tag.rsplit(" ", 1)[-1])
 
 
-async def backlog(conn: Conn, kind: str, now: float, limit: int) -> tuple[int, float | None]:
-    [row] = await conn.fetch(_BACKLOG, kind, now, limit)
+async def backlog(
+    conn: Conn, kind: str, now: float, limit: int, sites: Sequence[str] | None
+) -> tuple[int, float | None]:
+    if sites is None:
+        [row] = await conn.fetch(_BACKLOG, kind, now, limit)
+    else:
+        [row] = await conn.fetch(_BACKLOG_OF_SITES, kind, now, limit, list(sites))
     return int(row[0]), None if row[1] is None else float(row[1])
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from gateway.queue.base import (
+    PARENT_DEAD,
     Job,
     Put,
     PutResult,
@@ -91,8 +92,31 @@ WITH batch AS MATERIALIZED (
 )
 UPDATE jobs SET payload = NULL FROM batch WHERE jobs.id = batch.id
 """
+# What waited for the dead jobs just purged, and what waited for those, down the links: it
+# is dead from when its wait became hopeless (the later of its put and its parent's death).
+# ``state = 'held'`` is checked again on the row to update, should an ack have moved it.
+_BURY_ORPHANS = """
+WITH RECURSIVE orphans (id, done_at) AS (
+    SELECT h.id, GREATEST(h.created_at, p.done_at) FROM jobs AS p
+    JOIN jobs AS h ON h.after = p.id AND h.state = 'held'
+    WHERE p.id = ANY($1::text[])
+    UNION
+    SELECT h.id, GREATEST(h.created_at, o.done_at) FROM orphans AS o
+    JOIN jobs AS h ON h.after = o.id AND h.state = 'held'
+)
+UPDATE jobs SET state = 'dead', payload = NULL, last_error = $2, done_at = orphans.done_at
+FROM orphans WHERE jobs.id = orphans.id AND jobs.state = 'held'
+"""
 _NEXT_ANY = f"SELECT min(visible_at) FROM jobs WHERE kind = $1 AND {_PENDING}"
-_NEXT_SITE = _NEXT_ANY + " AND site = $2"
+# The first of the sites' in visible_at order, not min(): the index is walked in that order.
+_NEXT_OF_SITES = (
+    f"SELECT visible_at FROM jobs WHERE kind = $1 AND {_PENDING} AND site = ANY($2::text[])"
+    " ORDER BY visible_at LIMIT 1"
+)
+_PENDING_BY_SITE = (
+    "SELECT site, sum(n) FROM job_counts WHERE state IN ('ready', 'leased', 'delayed')"
+    " GROUP BY site HAVING sum(n) > 0 ORDER BY site"
+)
 _COUNTS = "SELECT state, sum(n) FROM job_counts GROUP BY state"
 _OLDEST = f"SELECT min(created_at) FROM jobs WHERE {_PENDING}"
 
@@ -171,8 +195,18 @@ async def replay(conn: Conn, job_ids: Sequence[str] | None, now: float) -> int:
     return int(await conn.fetchval(_REPLAY_IDS, now, list(job_ids)))
 
 
-async def purge(conn: Conn, state: State, before: float, limit: int) -> int:
-    return _count(await conn.execute(_PURGE, state.value, before, limit))
+async def purge(conn: Conn, state: State, before: float, limit: int) -> tuple[int, int]:
+    """Purge up to ``limit`` jobs of ``state``; how many, and how many held jobs that left
+    waiting for nothing (buried in the same transaction: see :data:`_BURY_ORPHANS`)."""
+    if state != State.DEAD:
+        return _count(await conn.execute(_PURGE, state.value, before, limit)), 0
+    async with conn.transaction():
+        purged = [str(r[0]) for r in await conn.fetch(
+            _PURGE + " RETURNING jobs.id", state.value, before, limit
+        )]
+        if not purged:
+            return 0, 0
+        return len(purged), _count(await conn.execute(_BURY_ORPHANS, purged, PARENT_DEAD))
 
 
 async def status(conn: Conn, job_id: str) -> Status | None:
@@ -187,12 +221,16 @@ async def dead(conn: Conn, limit: int) -> list[Status]:
     return [status_of(r) for r in rows]
 
 
-async def next_visible(conn: Conn, kind: str, site: str | None) -> float | None:
-    if site is None:
+async def next_visible(conn: Conn, kind: str, sites: Sequence[str] | None) -> float | None:
+    if sites is None:
         value = await conn.fetchval(_NEXT_ANY, kind)
     else:
-        value = await conn.fetchval(_NEXT_SITE, kind, site)
+        value = await conn.fetchval(_NEXT_OF_SITES, kind, list(sites))
     return None if value is None else float(value)
+
+
+async def pending_by_site(conn: Conn) -> dict[str, int]:
+    return {str(r[0]): int(r[1]) for r in await conn.fetch(_PENDING_BY_SITE)}
 
 
 async def stats(conn: Conn) -> Stats:

@@ -161,8 +161,10 @@ class SQLiteQueue(Settling):
             self._wake(kind)
         return hastened
 
-    async def backlog(self, kind: str, now: float, limit: int) -> tuple[int, float | None]:
-        return await self._read(lambda conn: links.backlog(conn, kind, now, limit))
+    async def backlog(
+        self, kind: str, now: float, limit: int, sites: Sequence[str] | None = None
+    ) -> tuple[int, float | None]:
+        return await self._read(lambda conn: links.backlog(conn, kind, now, limit, sites))
 
     async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
         return await self._read(lambda conn: links.find(conn, site, kind, dedup_key))
@@ -225,9 +227,9 @@ class SQLiteQueue(Settling):
         while True:
             # One transaction per batch, each taking the lock anew: intake waits for one
             # batch at most, not for the whole purge.
-            count = await self._tx(lambda conn: sql.purge(conn, state, before, limit))
-            total += count
-            self._unflushed = self._unflushed or count > 0
+            count, buried = await self._tx(lambda conn: sql.purge(conn, state, before, limit))
+            total += count + buried
+            self._unflushed = self._unflushed or count + buried > 0
             if count < limit:
                 return total
 
@@ -257,11 +259,16 @@ class SQLiteQueue(Settling):
     async def tally(self, spent: Sequence[Tally], now: float) -> list[Tally]:
         return await self._tx(lambda conn: points_sql.sqlite_tally(conn, spent, now))
 
-    async def wait_for_work(self, kind: str, timeout: float, site: str | None = None) -> bool:
+    async def wait_for_work(
+        self, kind: str, timeout: float, sites: Sequence[str] | None = None
+    ) -> bool:
         return await wait_until_due(
-            lambda: self._read(lambda conn: sql.next_visible(conn, kind, site)),
+            lambda: self._read(lambda conn: sql.next_visible(conn, kind, sites)),
             lambda: self._work.setdefault(kind, asyncio.Event()), timeout, POLL_SECONDS,
         )
+
+    async def pending_by_site(self) -> dict[str, int]:
+        return await self._read(sql.pending_by_site)
 
     async def stats(self) -> Stats:
         return await self._read(sql.stats)

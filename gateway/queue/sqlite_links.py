@@ -8,18 +8,20 @@ interleave: a job is held only while the job it names is not delivered.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
-from gateway.queue.base import Job, Link, Put, PutResult, State, Status
+from gateway.queue.base import PARENT_DEAD, Job, Link, Put, PutResult, State, Status
 from gateway.queue.sqlite_schema import PENDING_SQL
 from gateway.queue.sqlite_sql import STATUS_COLS, status_of
 
 _INSERT = (
     "INSERT INTO jobs (id, kind, state, payload, dedup_key, created_at, visible_at, site,"
-    " after, after_upstream, chain, chain_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " after, after_upstream, chain, chain_seq, last_error, done_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_PARENT = "SELECT state, upstream_id, payload IS NULL FROM jobs WHERE id = ?"
 _TAIL = (
     "SELECT id, kind, state, payload, chain_seq FROM jobs"
     " WHERE site = ? AND chain = ? AND chain IS NOT NULL ORDER BY chain_seq DESC LIMIT 1"
@@ -41,6 +43,11 @@ _BACKLOG = (
     "SELECT count(*), min(visible_at) FROM (SELECT visible_at FROM jobs"
     f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ? ORDER BY visible_at LIMIT ?)"
 )
+_BACKLOG_OF_SITES = (
+    "SELECT count(*), min(visible_at) FROM (SELECT visible_at FROM jobs"
+    f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
+    " AND site IN (SELECT value FROM json_each(?)) ORDER BY visible_at LIMIT ?)"
+)
 _QUEUED = (State.READY.value, State.DELAYED.value, State.HELD.value)
 
 
@@ -58,24 +65,28 @@ def put_linked(
     conn: sqlite3.Connection, job_id: str, item: Put, now: float,
     chain: str | None = None, seq: int | None = None,
 ) -> PutResult:
-    """Insert ``item``: held while the job it waits for (``item.after``) is not delivered."""
+    """Insert ``item``: held while the job it waits for (``item.after``) is not delivered, dead
+    at once (and purged) when that one is dead and purged, since it can never be."""
     holder = _holder(conn, item)
     if holder is not None:
         return PutResult(holder, created=False)
     state, upstream = State.READY, None
     if item.after is not None:
-        parent = conn.execute(
-            "SELECT state, upstream_id FROM jobs WHERE id = ?", (item.after,)
-        ).fetchone()
-        if parent is not None and parent[0] != State.DELIVERED.value:
+        parent = conn.execute(_PARENT, (item.after,)).fetchone()
+        if parent is not None and parent[0] == State.DEAD.value and parent[2]:
+            state = State.DEAD
+        elif parent is not None and parent[0] != State.DELIVERED.value:
             state = State.HELD
         elif parent is not None:
             upstream = parent[1]
+    dead = state == State.DEAD
     conn.execute(_INSERT, (
-        job_id, item.kind, state.value, item.payload, item.dedup_key, now, now, item.site,
-        item.after, upstream, chain, seq,
+        job_id, item.kind, state.value, None if dead else item.payload, item.dedup_key, now, now,
+        item.site, item.after, upstream, chain, seq, PARENT_DEAD if dead else None,
+        now if dead else None,
     ))
-    return PutResult(Status(job_id, item.kind, state, now, 0, None, None, site=item.site), True)
+    return PutResult(Status(job_id, item.kind, state, now, 0, PARENT_DEAD if dead else None,
+                            None, purged=dead, site=item.site), True)
 
 
 def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> PutResult:
@@ -122,9 +133,13 @@ def hasten(conn: sqlite3.Connection, now: float) -> int:
 
 
 def backlog(
-    conn: sqlite3.Connection, kind: str, now: float, limit: int
+    conn: sqlite3.Connection, kind: str, now: float, limit: int, sites: Sequence[str] | None
 ) -> tuple[int, float | None]:
-    count, oldest = conn.execute(_BACKLOG, (kind, now, limit)).fetchone()
+    if sites is None:
+        count, oldest = conn.execute(_BACKLOG, (kind, now, limit)).fetchone()
+    else:
+        names = orjson.dumps(list(sites)).decode()
+        count, oldest = conn.execute(_BACKLOG_OF_SITES, (kind, now, names, limit)).fetchone()
     return int(count), None if oldest is None else float(oldest)
 
 

@@ -13,7 +13,16 @@ from typing import TypeVar
 
 import orjson
 
-from gateway.queue.base import Job, Put, PutResult, Quarantined, State, Stats, Status
+from gateway.queue.base import (
+    PARENT_DEAD,
+    Job,
+    Put,
+    PutResult,
+    Quarantined,
+    State,
+    Stats,
+    Status,
+)
 from gateway.queue.sqlite_schema import BUSY_MS, PENDING_SQL
 
 T = TypeVar("T")
@@ -42,9 +51,32 @@ _PURGE = (
     " WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL"
     " AND state = ? AND done_at < ? LIMIT ?)"
 )
+# What waited for the dead jobs just purged, and what waited for those, down the links: it
+# is dead from when its wait became hopeless (the later of its put and its parent's death).
+# The anchor and the step name jobs_held's terms, so each walks that index, not the table.
+_BURY_ORPHANS = """
+WITH RECURSIVE orphans (id, done_at) AS (
+    SELECT h.id, max(h.created_at, p.done_at) FROM jobs AS p JOIN jobs AS h ON h.after = p.id
+    WHERE p.id IN (SELECT value FROM json_each(?)) AND h.state = 'held'
+    UNION
+    SELECT h.id, max(h.created_at, o.done_at) FROM orphans AS o JOIN jobs AS h ON h.after = o.id
+    WHERE h.state = 'held'
+)
+UPDATE jobs SET state = 'dead', payload = NULL, last_error = ?, done_at = orphans.done_at
+FROM orphans WHERE jobs.id = orphans.id AND jobs.state = 'held' RETURNING 1
+"""
 _REPLAY = (
     "UPDATE jobs SET state = 'ready', visible_at = ?, attempts = 0, created_at = ?,"
     " done_at = NULL WHERE state = 'dead' AND payload IS NOT NULL"
+)
+_NEXT_ANY = f"SELECT min(visible_at) FROM jobs WHERE kind = ? AND state IN {PENDING_SQL}"
+_NEXT_OF_SITES = (
+    f"SELECT visible_at FROM jobs WHERE kind = ? AND state IN {PENDING_SQL}"
+    " AND site IN (SELECT value FROM json_each(?)) ORDER BY visible_at LIMIT 1"
+)
+_PENDING_BY_SITE = (
+    f"SELECT site, sum(n) FROM job_counts WHERE state IN {PENDING_SQL}"
+    " GROUP BY site HAVING sum(n) > 0 ORDER BY site"
 )
 # A truncating checkpoint waits for readers with the writer lock held: wait briefly, and
 # leave the rest to the next purge rather than stall intake.
@@ -151,8 +183,17 @@ def replay(conn: sqlite3.Connection, job_ids: Sequence[str] | None, now: float) 
     return sum(conn.execute(f"{_REPLAY} AND id = ?", (now, now, i)).rowcount for i in job_ids)
 
 
-def purge(conn: sqlite3.Connection, state: State, before: float, limit: int) -> int:
-    return conn.execute(_PURGE, (state.value, before, limit)).rowcount
+def purge(conn: sqlite3.Connection, state: State, before: float, limit: int) -> tuple[int, int]:
+    """Purge up to ``limit`` jobs of ``state``; how many, and how many held jobs that left
+    waiting for nothing (buried: see :data:`_BURY_ORPHANS`)."""
+    purged = [str(row[0]) for row in conn.execute(
+        _PURGE + " RETURNING id", (state.value, before, limit)
+    ).fetchall()]
+    if state != State.DEAD or not purged:
+        return len(purged), 0
+    # Counted from what it returns: sqlite3 gives no rowcount for a statement that starts WITH.
+    buried = conn.execute(_BURY_ORPHANS, (orjson.dumps(purged).decode(), PARENT_DEAD))
+    return len(purged), len(buried.fetchall())
 
 
 def flush(conn: sqlite3.Connection) -> bool:
@@ -181,13 +222,19 @@ def dead(conn: sqlite3.Connection, limit: int) -> list[Status]:
     return [status_of(r) for r in rows]
 
 
-def next_visible(conn: sqlite3.Connection, kind: str, site: str | None) -> float | None:
-    sql = f"SELECT min(visible_at) FROM jobs WHERE kind = ? AND state IN {PENDING_SQL}"
-    args: tuple[str, ...] = (kind,)
-    if site is not None:
-        sql, args = sql + " AND site = ?", (kind, site)
-    value = conn.execute(sql, args).fetchone()[0]
-    return None if value is None else float(value)
+def next_visible(
+    conn: sqlite3.Connection, kind: str, sites: Sequence[str] | None
+) -> float | None:
+    if sites is None:
+        row = conn.execute(_NEXT_ANY, (kind,)).fetchone()
+    else:  # the first in visible_at order of jobs_visible that is of one of the sites
+        row = conn.execute(_NEXT_OF_SITES, (kind, orjson.dumps(list(sites)).decode())).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def pending_by_site(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute(_PENDING_BY_SITE).fetchall()
+    return {str(site): int(count) for site, count in rows}
 
 
 def stats(conn: sqlite3.Connection) -> Stats:

@@ -6,6 +6,10 @@ holds while Calltouch takes seconds to answer. Jobs are leased only once every g
 the call through, so a crash leaves few leases to expire. A sender may take several jobs per
 call (batch APIs answer per item): each job is settled by its own verdict
 (:mod:`gateway.relay.settle`), while the gates hear of the call once.
+
+A relay given its sites waits for, and leases, the jobs of those sites only. Jobs of a site it
+does not serve (removed from the sites, or not yet added here in a fleet's rolling deploy) are
+left in the store, untouched, for a gateway that serves it; the relay names them at start.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Protocol
 from gateway.calltouch.answers import Defer, Delivered, Permanent, Verdict
 from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.ops.metrics import Metrics
-from gateway.queue import Job, Queue
+from gateway.queue import Back, Job, Queue
 from gateway.relay.gates import Gate, Ticket, abandon, admit_all, urgency
+from gateway.relay.pacing import backoff
 from gateway.relay.points import Points
 from gateway.relay.settle import Settler
 
@@ -77,6 +82,11 @@ class Relay:
         self._queue = queue
         # Sites take turns per kind, so that one site's bulk upload does not starve another's.
         self._sites = list(sites)
+        # What the store is asked for: the jobs of these sites only (None: sites not known).
+        self._served: list[str] | None = self._sites or None
+        # Per kind, calls in a row that its sender could not build: their jobs' backoff.
+        self._unbuilt: dict[str, int] = {}
+        self._warning: asyncio.Task[None] | None = None
         self._turns: dict[str, int] = {}
         self._points = points
         self._client = client
@@ -99,6 +109,8 @@ class Relay:
         self._batch_turn = asyncio.Lock()
 
     def start(self) -> None:
+        if self._served is not None:
+            self._warning = asyncio.create_task(self._warn_unserved(), name="ctgw-relay-sites")
         for sender in self._senders:
             task = asyncio.create_task(self._dispatch(sender), name=f"ctgw-relay-{sender.kind}")
             self._dispatchers.append(task)
@@ -106,6 +118,8 @@ class Relay:
     async def stop(self, grace: float) -> int:
         """Stop leasing, give in-flight sends ``grace`` seconds, then cancel the rest and give
         their leases back, for ``GIVE_BACK_SECONDS`` at most; how many sends were cut short."""
+        if self._warning is not None:
+            self._warning.cancel()
         for task in self._dispatchers:
             task.cancel()
         if running := [*self._dispatchers, *self._inflight]:
@@ -129,6 +143,19 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self._queue.release(job)
 
+    async def _warn_unserved(self) -> None:
+        """One line per site not served here that has pending jobs: they wait, untouched, for
+        a gateway that serves it (a fleet's other gateways, or this one once configured)."""
+        try:
+            pending = await self._queue.pending_by_site()
+        except Exception as exc:  # the store is not answering: the dispatchers will say so
+            log.error("relay cannot count pending jobs by site error=%s", type(exc).__name__)
+            return
+        for site, count in pending.items():
+            if site not in self._sites:
+                log.warning("site=%s is not configured here: its %d pending jobs wait for a"
+                            " gateway that serves it", site, count)
+
     async def _dispatch(self, sender: Sender) -> None:
         failures = 0
         while True:
@@ -148,7 +175,7 @@ class Relay:
     async def _next_call(self, sender: Sender) -> None:
         """Wait for work of the sender's kind that may go now, and start a call of it."""
         urgent = urgency(sender.kind) == 0
-        if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS):
+        if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS, self._served):
             return
         sites = await self._open_sites(sender)
         if sites == []:  # every site with work waits for its API points
@@ -167,7 +194,7 @@ class Relay:
             if not started:  # a started call's task gives the permit back
                 self._permits.release()
         if urgent:  # busy while more of its kind are visible
-            count, _ = await self._queue.backlog(sender.kind, self._clock(), 1)
+            count, _ = await self._queue.backlog(sender.kind, self._clock(), 1, self._served)
             self._set_urgent(sender.kind, busy=started and count > 0)
 
     def _set_urgent(self, kind: str, *, busy: bool) -> None:
@@ -184,7 +211,7 @@ class Relay:
         wait until that linger is over (a bulk upload fills the batch sooner, a lone deal is
         held only that long)."""
         now = self._clock()
-        count, oldest = await self._queue.backlog(sender.kind, now, sender.batch)
+        count, oldest = await self._queue.backlog(sender.kind, now, sender.batch, self._served)
         if count == 0 or oldest is None:
             return False
         wait = oldest + sender.linger - now
@@ -207,7 +234,8 @@ class Relay:
         if len(open_) == len(turn):
             return open_
         # Some site's work must wait: the call goes only if an open site has some.
-        return [site for site in open_ if await self._queue.wait_for_work(sender.kind, 0, site)]
+        return [site for site in open_
+                if await self._queue.wait_for_work(sender.kind, 0, [site])]
 
     async def _start_call(self, sender: Sender, sites: list[str] | None) -> bool:
         """Pass the gates, lease, and start the send; False when no job was left to lease."""
@@ -226,13 +254,21 @@ class Relay:
         if not jobs:  # another worker took them
             abandon(tickets, time.monotonic())
             return False
+        call = None
+        try:
+            call = await self._build(sender, jobs)
+        finally:
+            if call is None:  # nothing was sent: the pace slot goes back unused
+                abandon(tickets, time.monotonic())
+        if call is None:
+            return False
         if self._points is not None and not self._points.take(jobs[0].site, sender.kind,
                                                               sender.method):
             abandon(tickets, time.monotonic())  # another call took the site's last points
             for job in jobs:
                 await self._queue.release(job)
             return False
-        task = asyncio.create_task(self._deliver(sender, jobs, tickets))
+        task = asyncio.create_task(self._deliver(sender, jobs, call, tickets))
         self._inflight[task] = jobs
         task.add_done_callback(self._done)
         return True
@@ -244,10 +280,26 @@ class Relay:
             await self._urgent_idle.wait()
             return await admit_all(self._gates, kind)
 
+    async def _build(self, sender: Sender, jobs: list[Job]) -> Call | None:
+        """The call of ``jobs``; ``None`` when the sender fails to build it (a credential of
+        the site gone from the configuration, a payload it cannot read): the jobs then wait,
+        no attempt counted, longer each time in a row, instead of coming straight back."""
+        try:
+            call = sender.call(jobs)
+        except Exception as exc:
+            failures = self._unbuilt[sender.kind] = self._unbuilt.get(sender.kind, 0) + 1
+            delay = backoff(failures)
+            log.error("relay cannot build a call kind=%s site=%s jobs=%d error=%s: they wait"
+                      " %.0fs", sender.kind, jobs[0].site, len(jobs), type(exc).__name__, delay)
+            await self._queue.put_back([Back(job, self._clock() + delay) for job in jobs])
+            return None
+        self._unbuilt.pop(sender.kind, None)
+        return call
+
     async def _lease(self, sender: Sender, sites: list[str] | None) -> list[Job]:
         """Jobs for one call: of the first of ``sites`` that has some (of any site: None)."""
         now = self._clock()
-        if sites is None or len(self._sites) < 2:
+        if sites is None:
             return await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout)
         for site in sites:
             jobs = await self._queue.lease(sender.kind, sender.batch, now, self._lease_timeout,
@@ -268,7 +320,9 @@ class Relay:
             for job in await lease:
                 await self._queue.release(job)
 
-    async def _deliver(self, sender: Sender, jobs: list[Job], tickets: list[Ticket]) -> None:
+    async def _deliver(
+        self, sender: Sender, jobs: list[Job], call: Call, tickets: list[Ticket]
+    ) -> None:
         started = time.monotonic()
 
         def written(at: float) -> None:
@@ -276,7 +330,7 @@ class Relay:
                 ticket.written(at)
 
         try:
-            reply = await self._client.send(sender.call(jobs), written)
+            reply = await self._client.send(call, written)
         finally:
             written(time.monotonic())  # a call cut short must not hold the window
         for ticket in tickets:
