@@ -206,6 +206,22 @@ async def _exchange(gateway: Gateway, raw: bytes) -> tuple[int, dict[str, str], 
         writer.close()
 
 
+@pytest.mark.parametrize("raw", [
+    b"POST /leads HTTP/1.1\r\nHost: gw\r\nX-Key: sk-do-not-echo\x01\r\n\r\n",  # bad char
+    b"POST /leads HTTP/1.1\r\nHost: gw\r\nX-Key: sk-do-not-echo" + b"a" * 9000 + b"\r\n\r\n",
+    b"POST /leads HTTP/1.1\r\nHost: gw\r\nX-Key: a\r\n sk-do-not-echo\r\n\r\n",  # obs-fold
+    b"POST /leads?sk-do-not-echo HTTP/1.1 junk\r\nHost: gw\r\n\r\n",  # bad request line
+], ids=["bad-char", "long-line", "obs-fold", "request-line"])
+async def test_a_request_aiohttp_cannot_parse_is_answered_without_its_bytes(
+    start_gateway: Callable[..., object], strict: Settings, raw: bytes
+) -> None:
+    gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
+    status, headers, body = await _exchange(gateway, raw)
+    assert 400 <= status < 500 and b"do-not-echo" not in body, body
+    assert headers.get("Content-Type", "").startswith("application/json"), headers
+    assert orjson.loads(body)["error"] == "unparsable_request"
+
+
 async def test_a_body_that_does_not_match_its_content_encoding_is_400(
     start_gateway: Callable[..., object], strict: Settings
 ) -> None:
@@ -277,10 +293,12 @@ async def test_an_unparsable_request_is_answered_without_banner_or_logged_bytes(
 ) -> None:
     gateway: Gateway = await start_gateway(strict)  # type: ignore[misc]
     secret = "Bearer sk-0123456789abcdef-do-not-log"
-    status, headers, _ = await _exchange(
+    status, headers, body = await _exchange(
         gateway, f"POST /leads HTTP/1.1\r\nHost: gw\r\nBad Name: {secret}\r\n\r\n".encode()
     )
     assert status == 400
+    assert "do-not-log" not in body.decode("latin-1") and "Bad Name" not in body.decode("latin-1")
+    assert orjson.loads(body)["error"] == "unparsable_request"
     assert "aiohttp" not in headers.get("Server", "") and "Python" not in headers.get("Server", "")
     logged = [r.getMessage() + str(r.exc_info) + str(r.exc_text) for r in caplog.records]
     assert not any(secret in line or "do-not-log" in line for line in logged)

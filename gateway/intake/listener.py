@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from gateway.config import Settings
 from gateway.errors import ClientGone, MalformedBody, SlowClient
@@ -60,6 +62,26 @@ def handler_args(settings: Settings) -> dict[str, object]:
     }
 
 
+_UNPARSABLE = error_body("unparsable_request", [{
+    "field": None, "code": "unparsable_request", "message": "the request is not valid HTTP",
+}]).decode()
+
+
+class _QuietHandler(RequestHandler):
+    """aiohttp answers a request it cannot parse with the parser's message, which quotes the
+    bytes sent (a token, a phone); this one answers in the gateway's words instead."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 500:  # aiohttp's own 500 quotes nothing (no debug here)
+            return super().handle_error(request, status, exc, message)
+        response = super().handle_error(request, status, exc, _UNPARSABLE)
+        response.content_type = "application/json"
+        return response
+
+
 class _TurnAway(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -92,7 +114,10 @@ class CappedSite(web.BaseSite):
         if self.open_connections() >= self._max:
             self._on_refused()
             return _TurnAway()
-        return self._handlers()
+        # As web.Server() makes its handlers, of the class that keeps the bytes to itself; the
+        # server's handler arguments have no public accessor.
+        return _QuietHandler(self._handlers, loop=asyncio.get_running_loop(),
+                             **self._handlers._kwargs)
 
     async def start(self) -> None:
         await super().start()
