@@ -16,9 +16,15 @@ from gateway.calltouch.client import Reply
 from gateway.errors import Invalid
 from gateway.kinds import deal_fields as deals
 from gateway.kinds import leadservice as ls
-from gateway.kinds.deal import KIND_CREATE, KIND_UPDATE, DealCreateKind, DealUpdateKind
+from gateway.kinds.deal import (
+    KIND_CREATE,
+    KIND_UPDATE,
+    DealCreateKind,
+    DealUpdateKind,
+    update_order,
+)
 from gateway.kinds.deal_fields import Fallback, order_number, payload, validate
-from gateway.kinds.deal_merge import follow, merge
+from gateway.kinds.deal_merge import STATUS_SEEN, follow, merge
 from gateway.queue.base import Job
 
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -565,7 +571,7 @@ def test_follow_drops_an_older_status_and_may_leave_nothing() -> None:
     assert orjson.loads(follow(None, older) or b"")["status"] == "new"
     with_revenue = body(status="new", statusDate="01-01-2024 10:00:00", revenue="3.00")
     assert orjson.loads(follow(previous, with_revenue) or b"") == {
-        "orderNumber": "A", "revenue": "3.00"}
+        "orderNumber": "A", "revenue": "3.00", STATUS_SEEN: "02-01-2024 10:00:00"}
     assert follow(previous, body()) is None
 
 
@@ -674,6 +680,7 @@ def test_a_followed_update_leaves_the_newest_status(previous: dict[str, Any] | N
     """Calltouch holds ``previous``, then gets what follow() leaves of ``new``."""
     sent = follow(None if previous is None else orjson.dumps(previous), orjson.dumps(new))
     left = {} if sent is None else orjson.loads(sent)
+    left.pop(STATUS_SEEN, None)  # kept for the next post to compare with; never sent
     held = {**(previous or {}), **left}
     assert held.get("status") == newest_status([p for p in (previous, new) if p is not None])
     assert (sent is None) == (left.keys() <= {"orderNumber"})
@@ -685,13 +692,41 @@ def test_a_followed_update_leaves_the_newest_status(previous: dict[str, Any] | N
         assert not set(left["tags"]) & set(previous.get("tags", []))
 
 
+@FUZZ
+@given(st.lists(PAYLOADS, min_size=1, max_size=6))
+def test_updates_followed_one_after_another_leave_the_newest_status(
+    payloads: list[dict[str, Any]]
+) -> None:
+    """Each post follows the one sent before it, as a chain whose tail is always in flight;
+    Calltouch applies what each sends. An update without a status in between is no gap."""
+    held = dict(payloads[0])
+    previous = orjson.dumps(payloads[0])
+    for p in payloads[1:]:
+        sent = follow(previous, orjson.dumps(p))
+        if sent is not None:
+            held.update({k: v for k, v in orjson.loads(sent).items() if k != STATUS_SEEN})
+            previous = sent
+    assert held.get("status") == newest_status(payloads)
+
+
+def test_an_older_status_after_an_update_without_one_does_not_roll_the_deal_back() -> None:
+    created = body(status="paid", statusDate="02-01-2024 10:00:00")
+    revenue = follow(created, body(revenue="3.00"))
+    assert revenue is not None and orjson.loads(revenue)["revenue"] == "3.00"
+    assert follow(revenue, body(status="new", statusDate="01-01-2024 10:00:00")) is None
+    shipped = follow(revenue, body(status="shipped", statusDate="03-01-2024 10:00:00"))
+    assert shipped is not None and orjson.loads(shipped)["status"] == "shipped"
+    # What a call sends is picked by name: the date kept for comparing is not among it.
+    assert STATUS_SEEN not in update_order(orjson.loads(revenue))
+
+
 def test_the_same_deal_posted_again_queues_nothing() -> None:
     deal = {"orderNumber": "A", "status": "new", "statusDate": "01-02-2026 10:00:00",
             "revenue": "10.00", "tags": ["x"], "customFields": {"f": "1"}}
     assert follow(orjson.dumps(deal), orjson.dumps(deal)) is None
     changed = follow(orjson.dumps(deal), orjson.dumps({**deal, "revenue": "20.00"}))
-    assert changed is not None and orjson.loads(changed) == {"orderNumber": "A",
-                                                             "revenue": "20.00"}
+    assert changed is not None and orjson.loads(changed) == {
+        "orderNumber": "A", "revenue": "20.00", STATUS_SEEN: "01-02-2026 10:00:00"}
 
 
 def test_now_defaults_to_the_clock() -> None:

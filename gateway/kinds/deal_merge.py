@@ -17,14 +17,26 @@ from gateway.kinds.deal_fields import LEAD_FIRST
 
 _STATUS = ("status", "statusDate")
 _NOT_UPDATED = ("matching", "fallback", LEAD_FIRST)  # what only a create sends
+# The newest statusDate of the jobs before, in a payload that sets no status itself: a later
+# post compares with it, so an update without a status between does not let an older status
+# through. No call sends it (deal.py picks the fields it sends by name).
+STATUS_SEEN = "statusDateSeen"
 
 
 # --- one deal's successive payloads -------------------------------------------------------
 
 
+def _newest_status_date(old: Mapping[str, Any]) -> str | None:
+    """The newest statusDate ``old`` knows: its own, or that of the jobs before it."""
+    dated = [(moment, text) for text in (old.get("statusDate"), old.get(STATUS_SEEN))
+             if (moment := ls.read_moment(text)) is not None]
+    return max(dated)[1] if dated else None
+
+
 def _older_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """``new`` sets a status dated before ``old``'s: an older status arriving late."""
-    was, now = ls.read_moment(old.get("statusDate")), ls.read_moment(new.get("statusDate"))
+    was = ls.read_moment(_newest_status_date(old))
+    now = ls.read_moment(new.get("statusDate"))
     return was is not None and now is not None and now < was
 
 
@@ -37,6 +49,7 @@ def merge(queued: bytes, new: bytes) -> bytes:
     """
     old, later = orjson.loads(queued), orjson.loads(new)
     later.pop(LEAD_FIRST, None)
+    later.pop(STATUS_SEEN, None)
     if _older_status(old, later):
         for name in _STATUS:
             later.pop(name, None)
@@ -57,15 +70,21 @@ def follow(previous: bytes | None, new: bytes) -> bytes | None:
     ``None`` when purged): ``new`` without what only a create sends and without an older
     status; ``None`` when nothing but the ``orderNumber`` is left."""
     later = orjson.loads(new)
-    for name in _NOT_UPDATED:
+    for name in (*_NOT_UPDATED, STATUS_SEEN):
         later.pop(name, None)
+    seen = None
     if previous is not None:
         old = orjson.loads(previous)
         if _older_status(old, later):
             for name in _STATUS:
                 later.pop(name, None)
         _drop_unchanged(old, later)
-    return orjson.dumps(later) if later.keys() - {"orderNumber"} else None
+        seen = _newest_status_date(old)
+    if not later.keys() - {"orderNumber"}:
+        return None
+    if "statusDate" not in later and seen is not None:
+        later[STATUS_SEEN] = seen
+    return orjson.dumps(later)
 
 
 def _drop_unchanged(old: Mapping[str, Any], later: dict[str, Any]) -> None:
