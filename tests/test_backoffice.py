@@ -605,3 +605,22 @@ async def test_a_deal_whose_order_number_holds_a_slash_is_found_by_either_spelli
     async with http.get(f"{gw.url}/api/v1/deals/K2TU/other", headers=AUTH) as resp:
         assert resp.status == 404
         assert (await resp.json())["error"] == "not_found"
+
+
+async def test_a_1_0_register_without_an_order_number_is_relayed_and_numbered_by_calltouch(
+    start_gateway: Any, backoffice_settings: Settings, sandbox: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The doc makes orderNumber optional: Calltouch numbers such a deal with its orderId."""
+    await sandbox_config(http, sandbox.url, client_api_id=CLIENT_API_ID)
+    gw = await start_gateway(backoffice_settings)
+    unnumbered = {k: v for k, v in REGISTER_BY_PHONE.items() if k != "orderNumber"}
+    for _ in range(2):  # two such deals are two: no dedup, no chain between them
+        async with http.post(f"{gw.url}{LEGACY}/register/", data=unnumbered) as resp:
+            assert resp.status == 202, await resp.text()
+
+    async def both_registered() -> bool:
+        orders = await sandbox_view(http, sandbox.url, "orders")
+        return len([n for n, o in orders.items() if n == str(o.get("orderId"))]) == 2
+
+    await eventually(both_registered, timeout=20)

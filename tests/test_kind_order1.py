@@ -130,8 +130,7 @@ def test_each_bad_value_is_refused_by_its_code(op: str, name: str, raw: str, cod
 
 @pytest.mark.parametrize(("op", "params", "expected"), [
     ("register", {}, [(n, "required") for n in
-                      ("orderNumber", "orderSum", "orderStatus", "orderDate", "service")]),
-    ("register", {**REGISTER, "orderNumber": " "}, [("orderNumber", "required")]),
+                      ("orderSum", "orderStatus", "orderDate", "service")]),
     ("register", {**REGISTER, "callId": "1", "requestId": "2"}, [(None, "call_and_request")]),
     ("register", {**REGISTER, "callReferenceId": "a", "requestNumber": "b"},
      [(None, "call_and_request")]),
@@ -197,6 +196,18 @@ def test_ignored_names_are_bounded() -> None:
 ])
 def test_chain_key(op: str, params: dict[str, str], key: str) -> None:
     assert chain(validate(op, params, MOSCOW)) == key
+
+
+@pytest.mark.parametrize("number", [None, " "], ids=["absent", "blank"])
+def test_a_register_without_an_order_number_is_a_chain_of_its_own(number: str | None) -> None:
+    """orderNumber is optional in the doc (Calltouch then uses its orderId)."""
+    params = {k: v for k, v in REGISTER.items() if k != "orderNumber"}
+    if number is not None:
+        params["orderNumber"] = number
+    order = validate("register", params, MOSCOW)
+    assert "orderNumber" not in order.params
+    first, second = chain(order), chain(order)
+    assert first.startswith("new:") and second.startswith("new:") and first != second
 
 
 def test_payload_is_op_and_params_and_reads_back() -> None:

@@ -9,6 +9,7 @@ in it: the sender adds the site's at send time. The checks of the parameters are
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -65,9 +66,15 @@ def op_for_path(path: str) -> Op | None:
 
 
 def chain(order: Order) -> str:
-    """The key that orders one deal's calls: its CRM number, else its Calltouch id."""
+    """The key that orders one deal's calls: its CRM number, else its Calltouch id. A register
+    without a number is a chain of its own: nothing posted later can name it before Calltouch
+    has given it an orderId, and what names that id then finds it delivered."""
     number = order.params.get("orderNumber")
-    return "n:" + number if number else "id:" + order.params["orderId"]
+    if number:
+        return "n:" + number
+    if "orderId" in order.params:
+        return "id:" + order.params["orderId"]
+    return "new:" + secrets.token_hex(16)
 
 
 def payload(order: Order) -> bytes:

@@ -24,7 +24,8 @@ MAX_QUERY = 7168
 LEAD_SERVICE_FORMAT = "%d-%m-%Y %H:%M:%S"
 _CALL_IDS = frozenset({"callId", "callReferenceId"})
 _REQUEST_IDS = frozenset({"requestId", "requestNumber"})
-_REQUIRED = ("orderNumber", "orderSum", "orderStatus", "orderDate", "service")
+# orderNumber is optional, as documented: Calltouch then numbers the deal with its orderId.
+_REQUIRED = ("orderSum", "orderStatus", "orderDate", "service")
 _SUM_MESSAGE = "must be a number of roubles, e.g. 1000 or 1000.50"
 
 
