@@ -624,3 +624,28 @@ async def test_a_1_0_register_without_an_order_number_is_relayed_and_numbered_by
         return len([n for n, o in orders.items() if n == str(o.get("orderId"))]) == 2
 
     await eventually(both_registered, timeout=20)
+
+
+async def test_phones_posted_while_the_create_is_queued_go_with_the_create(
+    start_gateway: Any, backoffice_settings: Settings, sandbox: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A CRM posts a deal, then its contact a moment later: no update can send matching, so
+    the create not sent yet takes it. Before, the phones were stripped into an update."""
+    gw = await start_gateway(replace(backoffice_settings, batch_linger=3.0))
+    first = await post_one(http, gw.url, "/api/v1/deals", deal("late-1", phones=[], emails=[]))
+    then = await post_one(http, gw.url, "/api/v1/deals", deal("late-1", revenue=2000))
+    assert then["id"] == first["id"], (first, then)
+
+    async def delivered() -> bool:
+        return (await deal_status(http, gw.url, "late-1"))["status"] == "delivered"
+
+    await eventually(delivered, timeout=20)
+    rows = await sandbox_requests(http, sandbox.url)
+    [create] = calls(rows, CREATE)
+    [order] = create["json"]["orders"]
+    assert order["revenue"] == "2000.00" and calls(rows, UPDATE) == []
+    # By the contact first; the custom source only as the last resort.
+    by_phone, *_, last = order["matching"]
+    assert by_phone["type"] == "callContact" and by_phone["callContactParams"]["phones"]
+    assert last["type"] == "customSources", order["matching"]

@@ -34,7 +34,6 @@ from tests.test_backoffice import (
     deal,
     gateway_env,
     post_many,
-    sandbox_view,
     settled,
 )
 from tests.test_backoffice_slow import NEWER, OLDER, assert_creates_first, until_applied
@@ -83,11 +82,11 @@ async def test_two_gateways_on_one_postgresql_create_each_deal_once_and_update_i
         upload(http, urls, numbers, {}, 0), upload(http, urls, numbers[:RETRIED], {}, 1))
     assert creates["accepted"] + retried["accepted"] == DEALS, (creates, retried)
     assert creates["merged"] + retried["merged"] == RETRIED, (creates, retried)
-    # Creates still unsent then: their updates wait for them in the queue.
+    # Creates still unsent then: their updates go with them (merged), the others after them.
     unsent = DEALS - sum(r["items"] for r in calls(await sandbox_requests(http, calltouch), CREATE))
     newer = await upload(http, urls, updated, NEWER, 1)
     older = await upload(http, urls, updated, OLDER, 0)
-    assert newer == {"accepted": UPDATED, "merged": 0, "rejected": 0}, newer
+    assert newer["accepted"] + newer["merged"] == UPDATED and newer["rejected"] == 0, newer
     assert older == {"accepted": 0, "merged": UPDATED, "rejected": 0}, older
     posted = time.monotonic() - began
     await until_applied(http, calltouch, numbers, updated, timeout=60)
@@ -111,7 +110,5 @@ async def test_two_gateways_on_one_postgresql_create_each_deal_once_and_update_i
     assert stats["max_in_window"] <= RATE, stats
     assert all(r["items"] <= 100 for r in rows)
     assert_creates_first(create_calls, update_calls, numbers, updated)
-    held = await sandbox_view(http, calltouch, "deals")
-    assert all(held[n]["updates"] >= 1 for n in updated)
     await assert_clean(http, [line for proc, _, _ in fleet for line in proc.lines],
                        [ops for _, _, ops in fleet])

@@ -345,16 +345,22 @@ async def test_a_post_merges_into_the_queued_tail(queue: Queue) -> None:
         calls.append((queued, new))
         return queued + b"+" + new
 
-    await queue.append(deal("d-1", b"c", merge=merge), T0)
+    create = await queue.append(deal("d-1", b"c", merge=merge), T0)
+    # The create not sent yet takes the post: it is the chain's first kind.
+    into_create = await queue.append(deal("d-1", b"u0", merge=merge), T0 + 1)
+    assert calls == [(b"c", b"u0")]
+    assert (into_create.created, into_create.merged) == (False, True)
+    assert into_create.status.id == create.status.id
+    sending = await lease_one(queue, "create", T0 + 1)
+    assert sending.payload == b"c+u0"
     update = await queue.append(deal("d-1", b"u1", merge=merge), T0 + 1)
-    assert calls == []  # the tail was the create: another kind
+    assert len(calls) == 1 and update.created  # the create is leased: this one follows it
     merged = await queue.append(deal("d-1", b"u2", merge=merge), T0 + 2)
-    assert calls == [(b"u1", b"u2")]
+    assert calls[-1] == (b"u1", b"u2")
     assert (merged.created, merged.merged) == (False, True)
     assert (merged.status.id, merged.status.state) == (update.status.id, State.HELD)
     assert len(await queue.chain("default", "d-1")) == 2
-    job = await lease_one(queue, "create", T0 + 3)
-    assert await queue.ack(job, "C1", T0 + 4)
+    assert await queue.ack(sending, "C1", T0 + 4)
     # Ready but not leased yet: still queued, still merged into.
     again = await queue.append(deal("d-1", b"u3", merge=merge), T0 + 5)
     assert (again.created, again.merged, again.status.id) == (False, True, update.status.id)
@@ -481,7 +487,7 @@ async def test_append_many_posts_each_in_order(queue: Queue) -> None:
 
     assert await queue.append_many([], T0) == []
     results = await queue.append_many([
-        deal("d-1", b"c1"), deal("d-2", b"c2"), deal("d-1", b"u1", merge=merge),
+        deal("d-1", b"c1"), deal("d-2", b"c2"), deal("d-1", b"u1"),
         deal("d-1", b"u2", merge=merge),
     ], T0)
     assert [(r.created, r.merged, r.status.kind, r.status.state) for r in results] == [

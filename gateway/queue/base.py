@@ -129,8 +129,10 @@ class Link:
     """A post to the chain ``chain`` of its site: ``first`` when the chain is new, else
     ``next``, held until the chain's last job is delivered.
 
-    When the chain's last job is still queued (not leased) and of ``next``'s kind,
-    ``merge(its payload, next's)`` replaces its payload instead. Otherwise ``follow(the last
+    When the chain's last job is still queued (not leased) and of ``first``'s or ``next``'s
+    kind, ``merge(its payload, next's)`` replaces its payload instead: a deal's create not yet
+    sent takes what a later post adds (its phones and matching among it, which no update can
+    send). Otherwise ``follow(the last
     job's payload or None if purged, next's)`` is what is queued; ``None``: nothing is.
     Both run inside the store's transaction: they must be quick and pure.
     """

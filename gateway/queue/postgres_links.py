@@ -122,7 +122,8 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
     tail_id, kind, state, payload, seq = tail
     payload = None if payload is None else bytes(payload)
     item = link.next
-    if link.merge is not None and kind == item.kind and state in _QUEUED and payload:
+    if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
+            and payload:
         merged = link.merge(payload, item.payload)
         await conn.execute("UPDATE jobs SET payload = $2 WHERE id = $1", tail_id, merged)
         [row] = await conn.fetch(_BY_ID, tail_id)

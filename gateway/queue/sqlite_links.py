@@ -96,7 +96,8 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
         return put_linked(conn, job_id, link.first, now, link.chain, 1)
     tail_id, kind, state, payload, seq = tail
     item = link.next
-    if link.merge is not None and kind == item.kind and state in _QUEUED and payload:
+    if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
+            and payload:
         merged = link.merge(payload, item.payload)
         conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (merged, tail_id))
         row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
