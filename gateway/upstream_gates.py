@@ -26,16 +26,32 @@ SYNC_EVERY = 1.0  # seconds between two points syncs: at most a second of others
 
 
 class Hastener:
-    """Makes every delayed job due now, on a task of its own (a gate's callback cannot wait)."""
+    """Makes every delayed job due now, on a task of its own (a gate's callback cannot wait).
 
-    def __init__(self, queue: Queue) -> None:
+    Tried again while the store fails (it may be failing just as Calltouch comes back): a job
+    left delayed would wait out its own backoff, the slow drain this is here to prevent.
+    """
+
+    def __init__(self, queue: Queue, pause: float = 1.0, tries: int = 30) -> None:
         self._queue = queue
-        self._tasks: set[asyncio.Task[int]] = set()  # held, so that a task is not collected
+        self._pause, self._tries = pause, tries
+        self._tasks: set[asyncio.Task[None]] = set()  # held, so that a task is not collected
 
     def __call__(self) -> None:
-        task = asyncio.create_task(self._queue.hasten(time.time()))
+        task = asyncio.create_task(self._hasten(), name="ctgw-hasten")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _hasten(self) -> None:
+        for _ in range(self._tries):
+            try:
+                await self._queue.hasten(time.time())
+                return
+            except Exception as exc:  # the store's trouble; the relay reports it as well
+                log.warning("cannot make delayed jobs due after recovery error=%s: trying"
+                            " again in %.0fs", type(exc).__name__, self._pause)
+            await asyncio.sleep(self._pause)
+        log.error("delayed jobs were not made due after recovery: they wait out their backoff")
 
 
 def health_gate(queue: Queue, metrics: Metrics, settings: Settings) -> Health:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,9 +17,12 @@ import pytest
 from gateway.calltouch.answers import Permanent, Retry
 from gateway.calltouch.client import Reply
 from gateway.config import Settings
+from gateway.queue import Back, Put
+from gateway.queue.sqlite import SQLiteQueue
 from gateway.relay.gates import admit_all
 from gateway.relay.health import Health, HealthTicket
 from gateway.sandbox.run import SandboxThread
+from gateway.upstream_gates import Hastener
 from tests.support import (
     QUEUE_BACKENDS,
     Gateway,
@@ -302,3 +307,39 @@ async def test_a_first_call_never_made_holds_a_new_gate_only_a_first_probes_inte
     clock.now += 0.1  # first_probe = 1 s, not the 30 s deadline of a probe while down
     await wake(gate)
     assert waiting.done() and (await waiting).probe
+
+
+class FailingOnce(SQLiteQueue):
+    """A real store whose first ``hasten`` fails, as a store may just as Calltouch is back."""
+
+    failed = 0
+    hastened: asyncio.Event
+
+    async def hasten(self, now: float) -> int:
+        if not self.failed:
+            self.failed += 1
+            raise sqlite3.OperationalError("database is locked")
+        count = await super().hasten(now)
+        self.hastened.set()
+        return count
+
+
+async def test_delayed_jobs_are_made_due_after_recovery_even_when_the_store_failed_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = await FailingOnce.open(f"sqlite:///{tmp_path / 'q.db'}")
+    queue.hastened = asyncio.Event()
+    try:
+        [put] = await queue.put_many([Put("lead", b"{}", "rn-1")], time.time())
+        [job] = await queue.lease("lead", 1, time.time(), 30)
+        await queue.put_back([Back(job, time.time() + 3600)])  # backed off for an hour
+        Hastener(queue, pause=0.01)()
+        await asyncio.wait_for(queue.hastened.wait(), timeout=5)
+        [due] = await queue.lease("lead", 1, time.time(), 30)  # due now, not in an hour
+        assert due.id == put.status.id
+        assert queue.failed == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+            "cannot make delayed jobs due after recovery error=OperationalError: trying again"
+            " in 0s"]
+    finally:
+        await queue.close()
