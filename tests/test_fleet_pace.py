@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 from gateway.calltouch.answers import Retry
 from gateway.calltouch.client import Reply
 from gateway.config import Settings
+from gateway.relay import fleet_pace_sql as fleet_sql
 from gateway.relay.fleet_pace import FleetPace
 from gateway.sandbox.server import max_in_window
 from tests.postgres import Cluster
@@ -252,3 +254,32 @@ async def test_gateways_on_a_postgresql_queue_share_the_pace_of_their_egress(
     assert postgres.sql("SELECT egress, rate FROM pace_egress", database) == "nat-1|5"
     for gw in gateways:
         assert gw.metrics.registry.get_sample_value("ctgw_upstream_rate_limit") == RATE
+
+
+async def test_news_the_database_cannot_take_for_a_fault_of_ours_does_not_stop_the_rest(
+    open_pace: OpenPace, postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pace = await open_pace()
+    real, faults = fleet_sql.record, [RuntimeError("a bug")]
+
+    async def record_failing_once(*args: object, **kwargs: object) -> object:
+        if faults:
+            raise faults.pop()
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fleet_sql, "record", record_failing_once)
+    lost = await pace.admit("lead")
+    lost.written(time.monotonic())
+    await asyncio.wait_for(pace.flush(), timeout=5)  # it waited for ever: the batch was gone
+    kept = await pace.admit("lead")
+    kept.written(time.monotonic())
+    await asyncio.wait_for(pace.flush(), timeout=5)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert (await conn.fetchrow(SLOT, kept.n))["written_at"] is not None
+    finally:
+        await conn.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "fleet pace dropped news egress=default count=1 error=RuntimeError: their slots count"
+        " as written at the bound"]

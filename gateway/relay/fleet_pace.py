@@ -247,9 +247,15 @@ class FleetPace:
             batch = [await self._todo.get()]
             while not self._todo.empty():
                 batch.append(self._todo.get_nowait())
-            await self._apply_until_done(batch)
-            for _ in batch:
-                self._todo.task_done()
+            try:
+                await self._apply_until_done(batch)
+            except Exception as exc:  # a fault of ours: this news is lost, not all that follows
+                log.error("fleet pace dropped news egress=%s count=%d error=%s: their slots"
+                          " count as written at the bound", self.egress, len(batch),
+                          type(exc).__name__)
+            finally:
+                for _ in batch:  # flush() and close() wait for these
+                    self._todo.task_done()
 
     async def _apply_until_done(self, batch: list[sql.News]) -> None:
         # A batch cut off after its commit is applied again; stamps are idempotent, a halving
