@@ -324,6 +324,15 @@ def test_a_2xx_without_order_id_is_retried(body: object) -> None:
     assert verdict.code == "invalid_answer"
 
 
+@pytest.mark.parametrize("body", [{"orderNumber": "N-1"}, {"deleted": True}, b"", b"ok"])
+def test_a_delete_answered_2xx_is_done_whatever_its_body(body: object) -> None:
+    """The doc shows no answer of delete: sent again, it would be retried to its max age."""
+    assert read("delete", reply(200, body)) == Delivered("N-1")
+    by_id = Order1Kind(TOKENS).read(reply(200, body), [job("delete", {"orderNumber": "N-1"},
+                                                           after="7811141")])
+    assert by_id == [Delivered("7811141")]
+
+
 @pytest.mark.parametrize(("status", "body"), [
     (401, {"message": "Неверный clientApiId"}),
     (403, {"message": "Forbidden"}),

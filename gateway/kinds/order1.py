@@ -113,8 +113,9 @@ def _details(data: dict[str, object]) -> dict[str, object] | None:
     return details or None
 
 
-def read_answer(op: Op, reply: Reply, token: str = "") -> Verdict:
-    """What Calltouch's answer to one 1.0 call means; ``token`` is blanked out of its text."""
+def read_answer(op: Op, reply: Reply, token: str = "", named: str = "") -> Verdict:
+    """What Calltouch's answer to one 1.0 call means; ``token`` is blanked out of its text,
+    ``named`` is the deal the call named (a delete's upstream id when its answer gives none)."""
     status = reply.status
     if status is None or status in (408, 429) or status >= 500:
         return reply.failure or Retry("server_error", f"HTTP {status}")
@@ -129,6 +130,9 @@ def read_answer(op: Op, reply: Reply, token: str = "") -> Verdict:
     message = redact(text.replace(token, "***") if token else text)
     if status in (401, 403) or API_ID.lower() in message.lower():
         return Defer("auth_failed", f"HTTP {status}: clientApiId refused: {message}", AUTH_DELAY)
+    if 200 <= status < 300 and op == "delete":
+        # The doc shows no answer of delete, and nothing waits for its id: a 2xx is done.
+        return Delivered(named)
     if 200 <= status < 300:
         return Retry("invalid_answer", f"HTTP {status} without orderId: {message}")
     if status == 400 and op != "register":
@@ -165,5 +169,7 @@ class Order1Kind:
 
     def read(self, reply: Reply, jobs: Sequence[Job]) -> list[Verdict]:
         [job] = jobs
-        op = from_payload(job.payload).op
-        return [read_answer(op, reply, self._tokens.get(job.site, ""))]
+        order = from_payload(job.payload)
+        named = order.params.get("orderId") or job.after_upstream or order.params.get(
+            "orderNumber", "")
+        return [read_answer(order.op, reply, self._tokens.get(job.site, ""), named)]
