@@ -20,6 +20,7 @@ from gateway.calltouch.answers import (
     Verdict,
     http_failure,
     redact,
+    scrub,
 )
 from gateway.calltouch.client import Call, CalltouchClient, Reply, trace_config, upstream_session
 from gateway.kinds.lead import read_answer, register_form
@@ -184,3 +185,11 @@ async def test_a_dropped_get_is_not_sent_again_behind_the_pacers_back() -> None:
     assert first.status == 200
     assert second.status is None and isinstance(second.failure, Retry), second
     assert len(seen) == 2  # the relay retries it, at its own pace
+
+
+def test_scrub_blanks_out_the_payloads_own_values_quoted_back() -> None:
+    payload = orjson.dumps({"fio": " Анастасия Прекрасная ", "status": "new",
+                            "customFields": [{"name": "kid", "value": "Серафим"}]})
+    message = "fio 'Анастасия Прекрасная' is too long; Серафим; status new is fine"
+    assert scrub(message, payload) == "fio '***' is too long; ***; status new is fine"
+    assert scrub("as is", b"not json") == "as is"

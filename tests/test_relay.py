@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.calltouch.answers import Verdict
+from gateway.calltouch.answers import Permanent, Retry, Verdict
 from gateway.calltouch.client import Call, CalltouchClient, Reply
 from gateway.config import Settings
 from gateway.ops.metrics import Metrics
@@ -23,6 +23,7 @@ from gateway.queue import Job, Put, State
 from gateway.queue.sqlite import SQLiteQueue
 from gateway.relay.pacing import Pacer
 from gateway.relay.relay import Relay
+from gateway.relay.settle import Settler
 from tests.support import (
     TOKEN,
     Gateway,
@@ -301,3 +302,23 @@ class _NeverSends:
 
     def read(self, reply: Reply, jobs: Sequence[Job]) -> list[Verdict]:
         raise AssertionError("a stopped relay read an answer")
+
+
+async def test_a_dead_letters_reason_does_not_quote_the_leads_own_name(tmp_path: Path) -> None:
+    """Calltouch may quote a value back; `dead list` shows the reason after the purge."""
+    queue = await SQLiteQueue.open(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        payload = b'{"fio": "Anastasia Prekrasnaya", "phoneNumber": "79205550055"}'
+        await queue.put_many([Put("lead", payload, "a"), Put("lead", payload, "b")], time.time())
+        first, second = await queue.lease("lead", 2, time.time(), 30)
+        settler = Settler(queue, Metrics(), max_age=3600.0)
+        await settler.settle([first, second], [
+            Permanent("rejected", "HTTP 400: fio Anastasia Prekrasnaya is not valid"),
+            Retry("server_error", "HTTP 500: Anastasia Prekrasnaya"),
+        ])
+        [dead] = await queue.dead(10)
+        assert dead.last_error == "HTTP 400: fio *** is not valid"
+        retried = await queue.status(second.id)
+        assert retried is not None and retried.last_error == "HTTP 500: ***"
+    finally:
+        await queue.close()

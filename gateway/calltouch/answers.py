@@ -74,6 +74,32 @@ def redact(text: str, limit: int = 160) -> str:
     return _PII.sub("***", " ".join(text.split()))[:limit]
 
 
+SCRUB_MIN = 4  # shorter values ("new", "2") would blank out the words of every message
+
+
+def scrub(text: str, payload: bytes) -> str:
+    """``text`` without any value of ``payload`` that Calltouch may quote back in a message:
+    :func:`redact` knows phones and e-mails by their shape, not a name or a comment."""
+    try:
+        values = sorted({v for v in _strings(orjson.loads(payload)) if len(v) >= SCRUB_MIN},
+                        key=len, reverse=True)
+    except orjson.JSONDecodeError:
+        return text
+    for value in values:
+        text = text.replace(value, "***")
+    return text
+
+
+def _strings(data: object) -> list[str]:
+    if isinstance(data, str):
+        return [data.strip()]
+    if isinstance(data, dict):
+        return [s for value in data.values() for s in _strings(value)]
+    if isinstance(data, list):
+        return [s for value in data for s in _strings(value)]
+    return []
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from delay-seconds or an HTTP-date (RFC 9110), within [0, 1 h]."""
     value = headers.get("Retry-After", "").strip()

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
-from gateway.calltouch.answers import Convert, Defer, Delivered, Retry, Verdict
+from gateway.calltouch.answers import Convert, Defer, Delivered, Retry, Verdict, scrub
 from gateway.ops.metrics import Metrics
 from gateway.queue import Back, Job, Queue
 from gateway.relay.pacing import backoff
@@ -61,7 +61,7 @@ class Settler:
             "retry job=%s code=%s attempts=%d in=%.1fs",
             job.id, verdict.code, job.attempts + 1, delay,
         )
-        return Back(job, now + delay, verdict.detail)
+        return Back(job, now + delay, scrub(verdict.detail, job.payload))
 
     async def _settle_one(self, job: Job, verdict: Verdict) -> None:
         now = self._clock()
@@ -86,7 +86,8 @@ class Settler:
         log.info("delivered job=%s kind=%s attempts=%d", job.id, job.kind, job.attempts + 1)
 
     async def _bury(self, job: Job, reason: str, detail: str, now: float) -> None:
-        if await self._queue.bury(job, detail, now):
+        # Shown by `ct-gateway dead list`, and kept after the payload is purged.
+        if await self._queue.bury(job, scrub(detail, job.payload), now):
             self._metrics.jobs_dead.labels(job.kind, reason, job.site).inc()
             if job.kind == LEAD:
                 self._metrics.dead.labels(reason, job.site).inc()
