@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -291,6 +292,29 @@ async def test_a_comment_finds_a_registered_lead_or_says_it_is_not_found(
         ("по телефону", str(lead["requestId"]), None),
         ("по почте", str(other["requestId"]), None)]
     assert {c["siteId"] for c in kept} == {SITE}
+
+
+async def test_a_lead_by_contact_is_found_only_within_the_search_depth_before_the_date(
+        http: aiohttp.ClientSession, url: str) -> None:
+    """requestContact: ``searchDepth`` minutes before ``date``, as the comments doc says."""
+    at = datetime.strptime(DATE, "%d-%m-%Y %H:%M:%S")
+
+    def dated(minutes: int) -> str:  # a register's requestDate, ``minutes`` after DATE
+        return (at + timedelta(minutes=minutes)).strftime("%d.%m.%Y %H:%M:%S")
+
+    inside = await register(http, url, phoneNumber="79205550001", requestNumber="in",
+                            requestDate=dated(-119))
+    await register(http, url, phoneNumber="79205550002", requestNumber="early",
+                   requestDate=dated(-121))
+    await register(http, url, phoneNumber="79205550003", requestNumber="late",
+                   requestDate=dated(1))
+    undated = await register(http, url, phoneNumber="79205550004", requestNumber="undated")
+    status, body = await post(http, url, COMMENT, {"comments": [
+        {"matching": [by_contact(phones=[f"7920555000{n}"])], "addComment": str(n)}
+        for n in range(1, 5)]})
+    assert status == 200, body
+    found = [c["requestInfo"] and c["requestInfo"]["requestId"] for c in body["data"]["comments"]]
+    assert found == [str(inside["requestId"]), None, None, str(undated["requestId"])]
 
 
 @pytest.mark.parametrize(("bad", "path"), [

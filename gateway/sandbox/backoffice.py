@@ -11,7 +11,9 @@
   what was applied, for tests to compare with what they posted.
 
 Calls are not simulated: any ``callId`` ≥ 1 is found, no ``callContact`` is. Leads are the ones
-the sandbox registered, found by id or contact regardless of date. Wordings Calltouch does not
+the sandbox registered, found by id, or by contact among those whose requestDate lies within a
+``requestContact``'s ``searchDepth`` minutes before its ``date`` (1.0's by contact regardless of
+date). Wordings Calltouch does not
 document are the shared plan's. The HTTP side (limit, latency, faults, arrivals log) is
 :mod:`gateway.sandbox.server`'s: an :class:`Endpoint` says how to read a call and answer it.
 

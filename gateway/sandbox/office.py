@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -62,6 +62,7 @@ class Lead:
     email: str
     tags: frozenset[str]
     session: dict[str, Any] | None
+    at: datetime | None = None  # its requestDate, in the site's time; None: not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +105,18 @@ class BackOffice:
         self.leads[request_id] = Lead(
             request_id, number, _phone(form.get("phoneNumber", "")),
             form.get("email", "").strip().lower(), frozenset(split_tags(form.get("tags", ""))),
-            session)
+            session, _moment(form.get("requestDate", ""), "%d.%m.%Y %H:%M:%S"))
 
-    def lead_by_contact(self, phones: Iterable[Any], emails: Iterable[Any]) -> Lead | None:
-        """The nearest lead is the latest one; phones are tried before e-mails, as documented."""
-        latest = sorted(self.leads.values(), key=lambda lead: -lead.request_id)
+    def lead_by_contact(
+        self, phones: Iterable[Any], emails: Iterable[Any],
+        window: tuple[datetime, int] | None = None,
+    ) -> Lead | None:
+        """The nearest lead is the latest one; phones are tried before e-mails, as documented.
+        ``window``: a matching's ``date`` and ``searchDepth`` (minutes before it) that a lead's
+        requestDate must fall in; a lead registered without one is not ruled out by it."""
+        latest = [lead for lead in sorted(self.leads.values(), key=lambda lead: -lead.request_id)
+                  if window is None or lead.at is None
+                  or window[0] - timedelta(minutes=window[1]) <= lead.at <= window[0]]
         wanted = {_phone(str(p)) for p in phones} - {""}
         mails = {str(e).strip().lower() for e in emails} - {""}
         return (next((lead for lead in latest if lead.phone in wanted), None)
@@ -183,8 +191,24 @@ def _find(office: BackOffice, kind: str, params: dict[str, Any]) -> Found | None
     if kind == "callContact":
         return None  # the sandbox has no calls to find by phone
     lead = (office.leads.get(as_int(params["requestId"])) if kind == "request" else
-            office.lead_by_contact(params.get("phones") or [], params.get("emails") or []))
+            office.lead_by_contact(params.get("phones") or [], params.get("emails") or [],
+                                   _window(params)))
     return Found("request", lead=lead) if lead is not None and _tagged(lead, params) else None
+
+
+def _window(params: Mapping[str, Any]) -> tuple[datetime, int] | None:
+    """A requestContact's search window, when its ``date`` and ``searchDepth`` read."""
+    date, depth = _moment(params.get("date"), "%d-%m-%Y %H:%M:%S"), params.get("searchDepth")
+    if date is None or isinstance(depth, bool) or not isinstance(depth, int):
+        return None
+    return date, depth
+
+
+def _moment(text: object, form: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, form) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _tagged(lead: Lead, params: dict[str, Any]) -> bool:
