@@ -225,6 +225,35 @@ async def test_an_item_calltouch_refuses_dies_with_its_message_and_the_other_99_
     await assert_clean(http, lines_since(start), [gw.ops_url])
 
 
+async def test_a_deal_calltouch_refused_goes_when_the_crm_posts_it_again_mended(
+    start_gateway: Any, backoffice_settings: Settings, sandbox: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    await sandbox_config(http, sandbox.url, access_token=ACCESS_TOKEN)
+    gw = await start_gateway(backoffice_settings)
+
+    def by_phone(date: str) -> list[dict[str, Any]]:
+        return [{"type": "requestContact", "requestContactParams": {
+            "phones": ["79205550055"], "date": date, "searchDepth": 600,
+            "requestTypeToMatch": "nearest"}}]
+
+    bad = {k: v for k, v in deal("fix-1").items() if k not in ("phones", "emails")}
+    first = await post_one(http, gw.url, "/api/v1/deals", {**bad, "matching": by_phone(
+        "1-03-2024 10:00:00")})  # one digit of day: the sandbox refuses it, as Calltouch does
+
+    async def status_is(wanted: str) -> bool:
+        return (await deal_status(http, gw.url, "fix-1"))["status"] == wanted
+
+    await eventually(lambda: status_is("dead"), timeout=20)
+    again = await post_one(http, gw.url, "/api/v1/deals", {**bad, "matching": by_phone(
+        "01-03-2024 10:00:00")})
+    assert again["id"] == first["id"], (first, again)  # the create again, not an update after it
+    await eventually(lambda: status_is("delivered"), timeout=20)
+    assert "fix-1" in await sandbox_view(http, sandbox.url, "deals")
+    rows = calls(await sandbox_requests(http, sandbox.url), CREATE, UPDATE)
+    assert [(r["method"], r["status"]) for r in rows] == [(CREATE, 400), (CREATE, 200)], rows
+
+
 # --- 3: comments -------------------------------------------------------------------------
 
 

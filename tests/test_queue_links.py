@@ -264,6 +264,60 @@ async def test_a_job_put_after_a_dead_and_purged_one_is_dead_at_once(
     assert (await queue.stats()).counts[State.HELD] == 0
 
 
+def joined(queued: bytes, new: bytes) -> bytes:
+    return queued + b"+" + new
+
+
+async def test_a_post_to_a_deal_whose_create_died_is_that_create_again(
+    queue: Queue, url: str
+) -> None:
+    """The CRM posts again the deal Calltouch refused, mended: it goes, as a create."""
+    create = await queue.append(deal("d-1", b"bad", key="d-1", merge=joined), T0)
+    job = await lease_one(queue, "create", T0)
+    assert await queue.bury(job, "HTTP 400: orders[0].orderDate", T0 + 1)
+    again = await queue.append(deal("d-1", b"mended", key="d-1", merge=joined), T0 + 50)
+    assert (again.created, again.merged, again.status.id) == (False, True, create.status.id)
+    assert (again.status.state, again.status.attempts, again.status.last_error) == (
+        State.READY, 0, None)
+    assert [s.id for s in await queue.chain("default", "d-1")] == [create.status.id]
+    leased = await lease_one(queue, "create", T0 + 50)
+    assert (leased.payload, leased.created_at) == (b"bad+mended", T0 + 50)  # a new max age
+    stats = await queue.stats()
+    assert (stats.counts[State.DEAD], stats.counts[State.LEASED]) == (0, 1)
+
+
+async def test_a_create_that_died_and_was_purged_is_put_again_as_posted(
+    queue: Queue, url: str
+) -> None:
+    create = await queue.append(deal("d-1", b"bad", merge=joined), T0)
+    assert await queue.bury(await lease_one(queue, "create", T0), "HTTP 400: bad", T0 + 1)
+    assert (await queue.purge(T0 + 100, T0 + 100, 10)).dead == 1
+    again = await queue.append(deal("d-1", b"new", merge=joined), T0 + 200)
+    assert (again.merged, again.status.id, again.status.state) == (True, create.status.id,
+                                                                   State.READY)
+    assert (await lease_one(queue, "create", T0 + 200)).payload == b"new"
+
+
+async def test_a_revived_create_keeps_its_leads_id_and_events_are_not_revived(
+    queue: Queue
+) -> None:
+    lead = await put(queue, b'{"lead": 1}', key="rn-1")
+    create = await queue.append(Link("d-1", Put("create", b"c", "d-1", after=lead.status.id),
+                                     Put("update", b"u", None), joined), T0)
+    assert await queue.ack(await lease_one(queue, "lead", T0), "R1", T0 + 1)
+    assert await queue.bury(await lease_one(queue, "create", T0 + 1), "HTTP 400", T0 + 2)
+    again = await queue.append(deal("d-1", b"u2", merge=joined), T0 + 3)
+    assert (again.status.id, again.status.state) == (create.status.id, State.READY)
+    revived = await lease_one(queue, "create", T0 + 3)
+    assert (revived.payload, revived.after_upstream) == (b"c+u2", "R1")
+    # A chain without merge holds events (1.0 calls): a dead one is not made another.
+    event = await queue.append(deal("o-1", b"register"), T0)
+    assert await queue.bury(await lease_one(queue, "create", T0 + 4), "HTTP 400", T0 + 5)
+    then = await queue.append(deal("o-1", b"update-by-id"), T0 + 6)
+    assert then.created and then.status.id != event.status.id
+    assert await state_of(queue, event.status.id) == State.DEAD
+
+
 async def test_dedup_applies_to_puts_made_after_another(queue: Queue) -> None:
     parent = await put(queue)
     first = await put(queue, b"1", key="c-1", kind="comment", after=parent.status.id)

@@ -132,8 +132,11 @@ class Link:
     When the chain's last job is still queued (not leased) and of ``first``'s or ``next``'s
     kind, ``merge(its payload, next's)`` replaces its payload instead: a deal's create not yet
     sent takes what a later post adds (its phones and matching among it, which no update can
-    send). Otherwise ``follow(the last
-    job's payload or None if purged, next's)`` is what is queued; ``None``: nothing is.
+    send). When the chain's only job is dead and ``merge`` is given (its jobs are states, not
+    events), a post is that job again: its payload merged with ``first``'s, due now, no
+    attempt counted (a CRM posts the deal Calltouch refused again, mended); unless what it
+    waits for is dead and purged. Otherwise ``follow(the last job's payload or None if
+    purged, next's)`` is what is queued; ``None``: nothing is.
     Both run inside the store's transaction: they must be quick and pure.
     """
 

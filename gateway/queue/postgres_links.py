@@ -35,6 +35,11 @@ WHERE site = $1 AND chain = $2 AND chain IS NOT NULL ORDER BY chain_seq DESC LIM
 FOR UPDATE
 """
 _BY_ID = f"SELECT {STATUS_COLS} FROM jobs WHERE id = $1"
+_REVIVE = """
+UPDATE jobs SET payload = $2, state = $3, visible_at = $4, created_at = $4, after_upstream = $5,
+    attempts = 0, done_at = NULL, last_error = NULL
+WHERE id = $1
+"""
 _DELIVERED = """
 UPDATE jobs SET state = 'delivered', upstream_id = $3, done_at = $4, details = $5,
     attempts = attempts + 1, last_error = NULL
@@ -71,15 +76,7 @@ async def put_linked(
 ) -> PutResult:
     """Insert ``item`` (in the caller's transaction): held while its ``after`` is undelivered,
     dead at once (and purged) when that one is dead and purged, since it can never be."""
-    state, upstream = State.READY, None
-    if item.after is not None:
-        rows = await conn.fetch(_PARENT, item.after)
-        if rows and rows[0][0] == State.DEAD.value and rows[0][2]:
-            state = State.DEAD
-        elif rows and rows[0][0] != State.DELIVERED.value:
-            state = State.HELD
-        elif rows:
-            upstream = rows[0][1]
+    state, upstream = await _waiting(conn, item.after)
     dead = state == State.DEAD
     error = PARENT_DEAD if dead else None
     inserted = await conn.fetch(
@@ -91,6 +88,20 @@ async def put_linked(
                                 site=item.site), True)
     [holder] = await conn.fetch(_HOLDER, item.site, item.kind, item.dedup_key)
     return PutResult(status_of(holder), created=False)
+
+
+async def _waiting(conn: Conn, after: str | None) -> tuple[State, str | None]:
+    """The state of a job that waits for ``after``, and that one's upstream id once delivered:
+    held while it is pending, dead when it is dead and purged (no replay can come)."""
+    rows = [] if after is None else await conn.fetch(_PARENT, after)
+    if not rows:
+        return State.READY, None
+    parent_state, upstream, purged = rows[0]
+    if parent_state == State.DEAD.value and purged:
+        return State.DEAD, None
+    if parent_state != State.DELIVERED.value:
+        return State.HELD, None
+    return State.READY, upstream
 
 
 async def put(conn: Conn, job_id: str, item: Put, now: float) -> PutResult:
@@ -122,6 +133,11 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
     tail_id, kind, state, payload, seq = tail
     payload = None if payload is None else bytes(payload)
     item = link.next
+    if link.merge is not None and state == State.DEAD.value and int(seq) == 1 \
+            and kind == link.first.kind:
+        revived = await _revive(conn, tail_id, link, payload, now)
+        if revived is not None:
+            return revived
     if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
             and payload:
         merged = link.merge(payload, item.payload)
@@ -134,6 +150,24 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
         return PutResult(status_of(row), created=False)
     after = Put(item.kind, body, item.dedup_key, item.site, after=tail_id)
     return await put_linked(conn, job_id, after, now, link.chain, int(seq) + 1)
+
+
+async def _revive(
+    conn: Conn, tail_id: str, link: Link, payload: bytes | None, now: float
+) -> PutResult | None:
+    """The chain's first job died (refused, or out of time) and nothing was sent after it: a
+    post to the chain is that job again, with what the post brings, as if first put now;
+    ``None`` when the job it waits for is dead and purged (it stays dead)."""
+    body = link.first.payload
+    if payload and link.merge is not None:
+        body = link.merge(payload, body)
+    after = await conn.fetchval("SELECT after FROM jobs WHERE id = $1", tail_id)
+    state, upstream = await _waiting(conn, after)
+    if state == State.DEAD:  # what it waits for can never come: it stays dead
+        return None
+    await conn.execute(_REVIVE, tail_id, body, state.value, now, upstream)
+    [row] = await conn.fetch(_BY_ID, tail_id)
+    return PutResult(status_of(row), created=False, merged=True)
 
 
 async def ack(

@@ -49,6 +49,10 @@ _BACKLOG_OF_SITES = (
     " AND site IN (SELECT value FROM json_each(?)) ORDER BY visible_at LIMIT ?)"
 )
 _QUEUED = (State.READY.value, State.DELAYED.value, State.HELD.value)
+_REVIVE = (
+    "UPDATE jobs SET payload = ?, state = ?, visible_at = ?, created_at = ?, after_upstream = ?,"
+    " attempts = 0, done_at = NULL, last_error = NULL WHERE id = ?"
+)
 
 
 def _holder(conn: sqlite3.Connection, item: Put) -> Status | None:
@@ -70,15 +74,7 @@ def put_linked(
     holder = _holder(conn, item)
     if holder is not None:
         return PutResult(holder, created=False)
-    state, upstream = State.READY, None
-    if item.after is not None:
-        parent = conn.execute(_PARENT, (item.after,)).fetchone()
-        if parent is not None and parent[0] == State.DEAD.value and parent[2]:
-            state = State.DEAD
-        elif parent is not None and parent[0] != State.DELIVERED.value:
-            state = State.HELD
-        elif parent is not None:
-            upstream = parent[1]
+    state, upstream = _waiting(conn, item.after)
     dead = state == State.DEAD
     conn.execute(_INSERT, (
         job_id, item.kind, state.value, None if dead else item.payload, item.dedup_key, now, now,
@@ -89,6 +85,19 @@ def put_linked(
                             None, purged=dead, site=item.site), True)
 
 
+def _waiting(conn: sqlite3.Connection, after: str | None) -> tuple[State, str | None]:
+    """The state of a job that waits for ``after``, and that one's upstream id once delivered:
+    held while it is pending, dead when it is dead and purged (no replay can come)."""
+    parent = None if after is None else conn.execute(_PARENT, (after,)).fetchone()
+    if parent is None:
+        return State.READY, None
+    if parent[0] == State.DEAD.value and parent[2]:
+        return State.DEAD, None
+    if parent[0] != State.DELIVERED.value:
+        return State.HELD, None
+    return State.READY, parent[1]
+
+
 def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> PutResult:
     """A post to a chain: the first job, a merge into the queued tail, or a job after it."""
     tail = conn.execute(_TAIL, (link.first.site, link.chain)).fetchone()
@@ -96,6 +105,11 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
         return put_linked(conn, job_id, link.first, now, link.chain, 1)
     tail_id, kind, state, payload, seq = tail
     item = link.next
+    if link.merge is not None and state == State.DEAD.value and int(seq) == 1 \
+            and kind == link.first.kind:
+        revived = _revive(conn, tail_id, link, payload, now)
+        if revived is not None:
+            return revived
     if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
             and payload:
         merged = link.merge(payload, item.payload)
@@ -108,6 +122,24 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
         return PutResult(status_of(row.fetchone()), created=False)
     after = Put(item.kind, body, item.dedup_key, item.site, after=tail_id)
     return put_linked(conn, job_id, after, now, link.chain, int(seq) + 1)
+
+
+def _revive(
+    conn: sqlite3.Connection, tail_id: str, link: Link, payload: bytes | None, now: float
+) -> PutResult | None:
+    """The chain's first job died (refused, or out of time) and nothing was sent after it: a
+    post to the chain is that job again, with what the post brings, as if first put now;
+    ``None`` when the job it waits for is dead and purged (it stays dead)."""
+    body = link.first.payload
+    if payload and link.merge is not None:
+        body = link.merge(payload, body)
+    (after,) = conn.execute("SELECT after FROM jobs WHERE id = ?", (tail_id,)).fetchone()
+    state, upstream = _waiting(conn, after)
+    if state == State.DEAD:  # what it waits for can never come: it stays dead
+        return None
+    conn.execute(_REVIVE, (body, state.value, now, now, upstream, tail_id))
+    row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
+    return PutResult(status_of(row.fetchone()), created=False, merged=True)
 
 
 def ack(
