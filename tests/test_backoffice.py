@@ -186,6 +186,13 @@ def backoffice_settings(settings: Settings, queue_url: str) -> Settings:
 # --- 2: one item Calltouch refuses -------------------------------------------------------
 
 
+def by_phone(date: str) -> list[dict[str, Any]]:
+    """A deal's own matching: the lead of its phone, searched for before ``date``."""
+    return [{"type": "requestContact", "requestContactParams": {
+        "phones": ["79205550055"], "date": date, "searchDepth": 600,
+        "requestTypeToMatch": "nearest"}}]
+
+
 async def test_an_item_calltouch_refuses_dies_with_its_message_and_the_other_99_go(
     start_gateway: Any, backoffice_settings: Settings, sandbox: Any,
     http: aiohttp.ClientSession,
@@ -195,9 +202,7 @@ async def test_an_item_calltouch_refuses_dies_with_its_message_and_the_other_99_
     gw = await start_gateway(backoffice_settings)
     # The gateway checks that a matching date reads as dd-mm-yyyy hh:mm:ss (strptime takes a
     # one-digit day); Calltouch, as the sandbox has it, wants two digits: only it refuses.
-    bad = deal("bad-37", matching=[{"type": "requestContact", "requestContactParams": {
-        "phones": ["79205550055"], "date": "1-03-2024 10:00:00", "searchDepth": 600,
-        "requestTypeToMatch": "nearest"}}])
+    bad = deal("bad-37", matching=by_phone("1-03-2024 10:00:00"))
     del bad["phones"], bad["emails"]
     items = [bad if i == 37 else deal(f"ok-{i:02d}") for i in range(100)]
     tally = await post_many(http, gw.url, "/api/v1/deals", items)
@@ -231,11 +236,6 @@ async def test_a_deal_calltouch_refused_goes_when_the_crm_posts_it_again_mended(
 ) -> None:
     await sandbox_config(http, sandbox.url, access_token=ACCESS_TOKEN)
     gw = await start_gateway(backoffice_settings)
-
-    def by_phone(date: str) -> list[dict[str, Any]]:
-        return [{"type": "requestContact", "requestContactParams": {
-            "phones": ["79205550055"], "date": date, "searchDepth": 600,
-            "requestTypeToMatch": "nearest"}}]
 
     bad = {k: v for k, v in deal("fix-1").items() if k not in ("phones", "emails")}
     first = await post_one(http, gw.url, "/api/v1/deals", {**bad, "matching": by_phone(
