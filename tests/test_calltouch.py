@@ -193,3 +193,10 @@ def test_scrub_blanks_out_the_payloads_own_values_quoted_back() -> None:
     message = "fio 'Анастасия Прекрасная' is too long; Серафим; status new is fine"
     assert scrub(message, payload) == "fio '***' is too long; ***; status new is fine"
     assert scrub("as is", b"not json") == "as is"
+
+
+def test_scrub_finds_a_value_as_redact_leaves_it_spaced_and_cut() -> None:
+    comment = "Client Ivan Petrov\nasks  to call back after lunch, 5 Lenina street " * 3
+    payload = orjson.dumps({"comment": comment, "fio": "Anna  Smirnova"})
+    message = redact(f'fio "Anna  Smirnova"; comment "{comment}"')
+    assert scrub(message, payload) == 'fio "***"; comment "***'

@@ -81,18 +81,25 @@ def scrub(text: str, payload: bytes) -> str:
     """``text`` without any value of ``payload`` that Calltouch may quote back in a message:
     :func:`redact` knows phones and e-mails by their shape, not a name or a comment."""
     try:
-        values = sorted({v for v in _strings(orjson.loads(payload)) if len(v) >= SCRUB_MIN},
-                        key=len, reverse=True)
+        strings = _strings(orjson.loads(payload))
     except orjson.JSONDecodeError:
         return text
-    for value in values:
+    # Compared as redact() leaves them: whitespace runs as one space.
+    values = sorted({" ".join(v.split()) for v in strings} - {""}, key=len, reverse=True)
+    text = " ".join(text.split())
+    for value in (v for v in values if len(v) >= SCRUB_MIN):
         text = text.replace(value, "***")
+        # A value cut off at the end of the text (redact() keeps the first 160 characters).
+        cut = next((n for n in range(len(value) - 1, SCRUB_MIN - 1, -1)
+                    if text.endswith(value[:n])), 0)
+        if cut:
+            text = text[:-cut] + "***"
     return text
 
 
 def _strings(data: object) -> list[str]:
     if isinstance(data, str):
-        return [data.strip()]
+        return [data]
     if isinstance(data, dict):
         return [s for value in data.values() for s in _strings(value)]
     if isinstance(data, list):
