@@ -1,9 +1,11 @@
 """Spam is kept, not thrown away: a lead scored a bot's waits here, then goes to the store.
 
-The browser's answer never waits for it. Spam is written once a second in one transaction,
-after the real leads' commits of that moment, so a flood of it neither holds up a real lead
-nor costs a commit each. What waits is bounded (the oldest goes first, as in the store), and
-what could not be written is kept for the next round.
+The browser's answer never waits for it. Spam is written every tenth of a second in one
+transaction, after the real leads' commits of that moment, so a flood of it costs no commit
+each. Not once a second: a real lead's commit waited behind that second's spam, and a second
+of spam held in memory spread the heap (docs/performance.md, "Spam written in tenths"). What
+waits is bounded (the oldest goes first, as in the store), and what could not be written is
+kept for the next round.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gateway.queue import Quarantined, Queue
 
 log = logging.getLogger(__name__)
 
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 0.1
 WAITING_MAX = 10_000
 
 
