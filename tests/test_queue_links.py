@@ -318,6 +318,25 @@ async def test_a_revived_create_keeps_its_leads_id_and_events_are_not_revived(
     assert await state_of(queue, event.status.id) == State.DEAD
 
 
+async def test_a_create_dead_for_its_purged_lead_is_revived_by_a_post_naming_no_lead(
+    queue: Queue
+) -> None:
+    """Its lead can never come, so the CRM's mended post, which names none, goes without it
+    (before, it stayed dead: the revived create waited for that lead again)."""
+    lead = await put(queue, b'{"lead": 1}', key="rn-1")
+    assert await queue.bury(await lease_one(queue, "lead", T0), "HTTP 400", T0 + 1)
+    assert (await queue.purge(T0 + 100, T0 + 100, 10)).dead == 1
+    named = Link("d-1", Put("create", b"c", "d-1", after=lead.status.id), Put("update", b"u"),
+                 joined)
+    create = await queue.append(named, T0 + 200)
+    assert (create.status.state, create.status.last_error) == (State.DEAD, PARENT_DEAD)
+    mended = await queue.append(deal("d-1", b"m", merge=joined), T0 + 300)
+    assert (mended.merged, mended.status.id, mended.status.state) == (
+        True, create.status.id, State.READY)
+    revived = await lease_one(queue, "create", T0 + 300)
+    assert (revived.payload, revived.after_upstream) == (b"m", None)
+
+
 async def test_dedup_applies_to_puts_made_after_another(queue: Queue) -> None:
     parent = await put(queue)
     first = await put(queue, b"1", key="c-1", kind="comment", after=parent.status.id)

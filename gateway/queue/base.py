@@ -134,9 +134,9 @@ class Link:
     sent takes what a later post adds (its phones and matching among it, which no update can
     send). When the chain's only job is dead and ``merge`` is given (its jobs are states, not
     events), a post is that job again: its payload merged with ``first``'s, due now, no
-    attempt counted (a CRM posts the deal Calltouch refused again, mended); unless what it
-    waits for is dead and purged. Otherwise ``follow(the last job's payload or None if
-    purged, next's)`` is what is queued; ``None``: nothing is.
+    attempt counted (a CRM posts the deal Calltouch refused again, mended), waiting for
+    :meth:`revived_after`; unless that is dead and purged. Otherwise ``follow(the last job's
+    payload or None if purged, next's)`` is what is queued; ``None``: nothing is.
     Both run inside the store's transaction: they must be quick and pure.
     """
 
@@ -145,6 +145,14 @@ class Link:
     next: Put
     merge: Callable[[bytes, bytes], bytes] | None = None
     follow: Callable[[bytes | None, bytes], bytes | None] | None = None
+
+    def revived_after(self, had: str | None, had_purged_dead: bool) -> str | None:
+        """What the dead first job, revived, waits for: what ``first`` names, else what it
+        waited for (``had``), unless that is dead and purged (``had_purged_dead``): then
+        nothing, or a post that names no lead would find it dead for ever."""
+        if self.first.after is not None:
+            return self.first.after
+        return None if had_purged_dead else had
 
 
 @dataclass(frozen=True, slots=True)

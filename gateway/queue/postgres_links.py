@@ -36,8 +36,8 @@ FOR UPDATE
 """
 _BY_ID = f"SELECT {STATUS_COLS} FROM jobs WHERE id = $1"
 _REVIVE = """
-UPDATE jobs SET payload = $2, state = $3, visible_at = $4, created_at = $4, after_upstream = $5,
-    attempts = 0, done_at = NULL, last_error = NULL
+UPDATE jobs SET payload = $2, state = $3, visible_at = $4, created_at = $4, after = $5,
+    after_upstream = $6, attempts = 0, done_at = NULL, last_error = NULL
 WHERE id = $1
 """
 _DELIVERED = """
@@ -161,11 +161,12 @@ async def _revive(
     body = link.first.payload
     if payload and link.merge is not None:
         body = link.merge(payload, body)
-    after = await conn.fetchval("SELECT after FROM jobs WHERE id = $1", tail_id)
+    had = await conn.fetchval("SELECT after FROM jobs WHERE id = $1", tail_id)
+    after = link.revived_after(had, (await _waiting(conn, had))[0] == State.DEAD)
     state, upstream = await _waiting(conn, after)
     if state == State.DEAD:  # what it waits for can never come: it stays dead
         return None
-    await conn.execute(_REVIVE, tail_id, body, state.value, now, upstream)
+    await conn.execute(_REVIVE, tail_id, body, state.value, now, after, upstream)
     [row] = await conn.fetch(_BY_ID, tail_id)
     return PutResult(status_of(row), created=False, merged=True)
 

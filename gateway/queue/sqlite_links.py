@@ -50,8 +50,8 @@ _BACKLOG_OF_SITES = (
 )
 _QUEUED = (State.READY.value, State.DELAYED.value, State.HELD.value)
 _REVIVE = (
-    "UPDATE jobs SET payload = ?, state = ?, visible_at = ?, created_at = ?, after_upstream = ?,"
-    " attempts = 0, done_at = NULL, last_error = NULL WHERE id = ?"
+    "UPDATE jobs SET payload = ?, state = ?, visible_at = ?, created_at = ?, after = ?,"
+    " after_upstream = ?, attempts = 0, done_at = NULL, last_error = NULL WHERE id = ?"
 )
 
 
@@ -133,11 +133,12 @@ def _revive(
     body = link.first.payload
     if payload and link.merge is not None:
         body = link.merge(payload, body)
-    (after,) = conn.execute("SELECT after FROM jobs WHERE id = ?", (tail_id,)).fetchone()
+    (had,) = conn.execute("SELECT after FROM jobs WHERE id = ?", (tail_id,)).fetchone()
+    after = link.revived_after(had, _waiting(conn, had)[0] == State.DEAD)
     state, upstream = _waiting(conn, after)
     if state == State.DEAD:  # what it waits for can never come: it stays dead
         return None
-    conn.execute(_REVIVE, (body, state.value, now, now, upstream, tail_id))
+    conn.execute(_REVIVE, (body, state.value, now, now, after, upstream, tail_id))
     row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
     return PutResult(status_of(row.fetchone()), created=False, merged=True)
 
