@@ -17,9 +17,20 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from gateway.queue import Back, Job, Put, PutResult, Queue, State, Status, open_queue
+from gateway.queue import (
+    Back,
+    Job,
+    Put,
+    PutResult,
+    Queue,
+    State,
+    Status,
+    open_queue,
+    postgres_links,
+)
 from gateway.queue.base import PARENT_DEAD, Link
 from gateway.queue.sqlite_schema import path_from_url
+from tests.support import eventually
 
 T0 = 1_700_000_000.0
 
@@ -751,6 +762,43 @@ async def test_two_gateways_appending_to_two_chains_in_opposite_orders(postgres_
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_job_queued_behind_one_a_purge_is_burying_is_buried_too(
+    postgres_url: str
+) -> None:
+    """Another gateway's post queues a job behind held X while the purge's burial waits for
+    X's lock: it commits after the burial's snapshot, and was held for ever behind a dead,
+    purged job (a 1.0 chain, which does not merge)."""
+    q = await open_queue(postgres_url)
+    other = await asyncpg.connect(postgres_url)
+    try:
+        await q.append(deal("o-1", b"register"), T0)
+        assert await q.bury(await lease_one(q, "create", T0), "HTTP 400", T0 + 1)
+        held = await q.append(deal("o-1", b"update-by-id"), T0 + 2)
+        assert held.status.state == State.HELD
+        async with other.transaction():  # the other gateway's append, up to its insert
+            await other.execute(postgres_links._CHAIN_LOCK, "default", "o-1")
+            [tail] = await other.fetch(postgres_links._TAIL, "default", "o-1")
+            purge = asyncio.create_task(q.purge(T0 + 100, T0 + 100, 10))
+
+            async def burial_waits() -> bool:
+                return bool(await other.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"))
+
+            await eventually(burial_waits, timeout=10, interval=0.02)
+            behind = await postgres_links._after_tail(
+                other, "job-behind", deal("o-1", b"delete-by-id"), T0 + 3, tail)
+            assert behind.status.state == State.HELD
+        assert (await purge).dead == 3
+        for job_id in (held.status.id, "job-behind"):
+            status = await q.status(job_id)
+            assert status is not None
+            assert (status.state, status.last_error) == (State.DEAD, PARENT_DEAD)
+        assert (await q.stats()).counts[State.HELD] == 0
+    finally:
+        await other.close()
+        await q.close()
 
 
 async def test_hasten_makes_every_delayed_job_due_now_and_nothing_else(queue: Queue) -> None:

@@ -206,7 +206,19 @@ async def purge(conn: Conn, state: State, before: float, limit: int) -> tuple[in
         )]
         if not purged:
             return 0, 0
-        return len(purged), _count(await conn.execute(_BURY_ORPHANS, purged, PARENT_DEAD))
+        return len(purged), await _bury_orphans(conn, purged)
+
+
+async def _bury_orphans(conn: Conn, parents: list[str]) -> int:
+    """Bury what waits for ``parents``, then what waits for those, until nothing is left: a
+    post that queued a job behind one of them while the burial waited for that row's lock
+    committed after the burial's snapshot, so only the next statement sees it."""
+    buried = 0
+    while parents:
+        rows = await conn.fetch(_BURY_ORPHANS + " RETURNING jobs.id", parents, PARENT_DEAD)
+        parents = [str(r[0]) for r in rows]
+        buried += len(parents)
+    return buried
 
 
 async def status(conn: Conn, job_id: str) -> Status | None:
