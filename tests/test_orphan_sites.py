@@ -148,3 +148,30 @@ async def test_a_call_its_sender_cannot_build_waits_with_a_backoff(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [f"relay cannot build a call kind={KIND_CREATE} site=b jobs=1"
                       " error=KeyError: they wait 3s"]
+
+
+async def test_a_site_that_cannot_build_backs_off_longer_while_another_site_sends(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Site a's deal sent between site b's failed builds does not reset b's backoff."""
+    [stuck] = [r.status.id for r in await rig.queue.put_many([deal_put("b", 0)], time.time())]
+
+    def waits() -> list[str]:
+        return [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records
+                if r.levelno == logging.ERROR and "cannot build" in r.getMessage()]
+
+    async def failed(times: int) -> bool:
+        return len(waits()) >= times
+
+    relay = rig.relay(["a", "b"], ["a"])
+    relay.start()
+    try:
+        await eventually(lambda: failed(1), timeout=5)
+        [ok] = [r.status.id for r in await rig.queue.put_many([deal_put("a", 0)], time.time())]
+        await eventually(lambda: failed(2), timeout=10)
+    finally:
+        await relay.stop(grace=1.0)
+
+    assert [state for state, _ in await states(rig, [ok])] == [State.DELIVERED]
+    assert await states(rig, [stuck]) == [(State.DELAYED, 0)]
+    assert waits()[:2] == ["3s", "6s"]

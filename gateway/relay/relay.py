@@ -84,8 +84,9 @@ class Relay:
         self._sites = list(sites)
         # What the store is asked for: the jobs of these sites only (None: sites not known).
         self._served: list[str] | None = self._sites or None
-        # Per kind, calls in a row that its sender could not build: their jobs' backoff.
-        self._unbuilt: dict[str, int] = {}
+        # Per kind and site, calls in a row that could not be built: their jobs' backoff. Per
+        # site, since one site's lost token says nothing of another's.
+        self._unbuilt: dict[tuple[str, str], int] = {}
         self._warning: asyncio.Task[None] | None = None
         self._turns: dict[str, int] = {}
         self._points = points
@@ -284,16 +285,17 @@ class Relay:
         """The call of ``jobs``; ``None`` when the sender fails to build it (a credential of
         the site gone from the configuration, a payload it cannot read): the jobs then wait,
         no attempt counted, longer each time in a row, instead of coming straight back."""
+        key = (sender.kind, jobs[0].site)
         try:
             call = sender.call(jobs)
         except Exception as exc:
-            failures = self._unbuilt[sender.kind] = self._unbuilt.get(sender.kind, 0) + 1
+            failures = self._unbuilt[key] = self._unbuilt.get(key, 0) + 1
             delay = backoff(failures)
             log.error("relay cannot build a call kind=%s site=%s jobs=%d error=%s: they wait"
                       " %.0fs", sender.kind, jobs[0].site, len(jobs), type(exc).__name__, delay)
             await self._queue.put_back([Back(job, self._clock() + delay) for job in jobs])
             return None
-        self._unbuilt.pop(sender.kind, None)
+        self._unbuilt.pop(key, None)
         return call
 
     async def _lease(self, sender: Sender, sites: list[str] | None) -> list[Job]:
