@@ -13,6 +13,7 @@ from gateway.queue import Back, Put, Queue, QueueError, State, open_queue
 from gateway.queue import postgres_sql as backend
 from gateway.queue.postgres import PostgresQueue
 from gateway.queue.postgres_schema import VERSION, Conn
+from tests import purged_orphans
 from tests.postgres import Cluster, postgres_bin
 
 T0 = 1_700_000_000.0
@@ -55,6 +56,19 @@ async def test_three_gateways_opening_a_new_database_migrate_it_once(
     finally:
         for queue in queues:
             await queue.close()
+
+
+async def test_a_database_of_version_5_buries_what_its_purges_left_held(
+    postgres: Cluster, postgres_url: str
+) -> None:
+    await (await open_queue(postgres_url)).close()
+    postgres.sql(purged_orphans.ROWS + "; DELETE FROM schema_version WHERE version = 6",
+                 database(postgres_url))
+    queue = await open_queue(postgres_url)
+    try:
+        await purged_orphans.assert_buried(queue)
+    finally:
+        await queue.close()
 
 
 async def test_a_schema_newer_than_the_gateway_is_refused(

@@ -18,6 +18,7 @@ from gateway.queue import sqlite_sql as backend
 from gateway.queue.base import Tally
 from gateway.queue.sqlite import SQLiteQueue
 from gateway.queue.sqlite_schema import CHECKPOINT_PAGES, VERSION
+from tests import purged_orphans
 
 T0 = 1_700_000_000.0
 
@@ -191,6 +192,19 @@ async def test_a_store_of_version_5_keeps_its_points_and_gains_refusals(tmp_path
     finally:
         await queue.close()
     assert totals == [Tally("a", "hour", 1e10, 8, 2, T0, 0.0)]
+
+
+async def test_a_store_of_version_6_buries_what_its_purges_left_held(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    await (await SQLiteQueue.open(f"sqlite:///{db}")).close()
+    old = sqlite3.connect(db)
+    old.executescript(purged_orphans.ROWS + "; PRAGMA user_version=6;")
+    old.close()
+    queue = await SQLiteQueue.open(f"sqlite:///{db}")
+    try:
+        await purged_orphans.assert_buried(queue)
+    finally:
+        await queue.close()
 
 
 async def test_a_store_of_a_newer_release_is_refused(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 ``PRAGMA user_version`` names the schema: 0 is a new file, or one made before versions were
 kept (no ``site`` column, no counts); 2 has no index of quarantined spam; 3 no links (held
-jobs, chains, answer details); 4 no API points spent; 5 no refusals for points in them.
-:func:`migrate`
-brings any of them to :data:`VERSION` in one transaction (every step is idempotent). Counts
-by state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few rows instead of
+jobs, chains, answer details); 4 no API points spent; 5 no refusals for points in them; 6
+left what a purge orphaned held (see :data:`_BURY_PURGED_ORPHANS`). :func:`migrate` brings
+any of them to :data:`VERSION` in one transaction (every step is idempotent). Counts by
+state are kept in ``job_counts`` by triggers, so ``stats()`` reads a few rows instead of
 scanning every job.
 """
 
@@ -16,9 +16,9 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.queue.base import PENDING
+from gateway.queue.base import PARENT_DEAD, PENDING
 
-VERSION = 6
+VERSION = 7
 PENDING_SQL = "(" + ", ".join(f"'{state.value}'" for state in PENDING) + ")"
 
 _JOBS = """
@@ -97,6 +97,20 @@ CREATE TABLE IF NOT EXISTS points_spent (
 ) WITHOUT ROWID;
 """
 _POINTS_COLUMNS = {"refused": "REAL NOT NULL DEFAULT 0", "resumed": "REAL NOT NULL DEFAULT 0"}
+# Version 7: what a purge left held behind a dead job before purges buried it (version 6 and
+# before) is buried now, as a purge does today (sqlite_sql._BURY_ORPHANS). Without it such a
+# job, a deal's update behind a create that died, stays held for ever with its personal data.
+_BURY_PURGED_ORPHANS = """
+WITH RECURSIVE orphans (id, done_at) AS (
+    SELECT h.id, max(h.created_at, p.done_at) FROM jobs AS p JOIN jobs AS h ON h.after = p.id
+    WHERE p.state = 'dead' AND p.payload IS NULL AND h.state = 'held'
+    UNION
+    SELECT h.id, max(h.created_at, o.done_at) FROM orphans AS o JOIN jobs AS h ON h.after = o.id
+    WHERE h.state = 'held'
+)
+UPDATE jobs SET state = 'dead', payload = NULL, last_error = ?, done_at = orphans.done_at
+FROM orphans WHERE jobs.id = orphans.id AND jobs.state = 'held'
+"""
 _COUNT_ALL = (
     "INSERT INTO job_counts SELECT site, kind, state, count(*) FROM jobs GROUP BY 1, 2, 3"
 )
@@ -163,6 +177,7 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute(_COUNT_ALL)
     conn.execute(_POINTS)
     _add_columns(conn, "points_spent", _POINTS_COLUMNS)
+    conn.execute(_BURY_PURGED_ORPHANS, (PARENT_DEAD,))
 
 
 def _add_columns(conn: sqlite3.Connection, table: str, wanted: dict[str, str]) -> None:
