@@ -348,6 +348,32 @@ async def test_a_create_dead_for_its_purged_lead_is_revived_by_a_post_naming_no_
     assert (revived.payload, revived.after_upstream) == (b"m", None)
 
 
+@pytest.mark.parametrize("purged", [False, True], ids=["create-kept", "create-purged"])
+async def test_a_post_naming_a_purged_lead_leaves_the_dead_create_to_revive(
+    queue: Queue, purged: bool
+) -> None:
+    """The post cannot revive the create (the lead it names can never come): it is kept in
+    the dead create, not queued behind it, so the next post still revives the create. Before,
+    an update queued behind the dead create took the chain's tail, and stayed held for ever
+    (or was dead at once, and every later post with it)."""
+    lead = await put(queue, b'{"lead": 1}', key="rn-1")
+    assert await queue.bury(await lease_one(queue, "lead", T0), "HTTP 400", T0 + 1)
+    assert (await queue.purge(T0 + 100, T0 + 100, 10)).dead == 1
+    create = await queue.append(deal("d-1", b"c", merge=joined), T0 + 200)
+    assert await queue.bury(await lease_one(queue, "create", T0 + 200), "HTTP 400", T0 + 201)
+    if purged:
+        assert (await queue.purge(T0 + 300, T0 + 300, 10)).dead == 1
+    naming = Link("d-1", Put("create", b"x", after=lead.status.id), Put("update", b"x"), joined)
+    kept = await queue.append(naming, T0 + 400)
+    assert (kept.created, kept.status.id, kept.status.state) == (
+        False, create.status.id, State.DEAD)
+    assert [s.id for s in await queue.chain("default", "d-1")] == [create.status.id]
+    mended = await queue.append(deal("d-1", b"m", merge=joined), T0 + 500)
+    assert (mended.status.id, mended.status.state) == (create.status.id, State.READY)
+    revived = await lease_one(queue, "create", T0 + 500)
+    assert revived.payload == (b"m" if purged else b"c+x+m")
+
+
 async def test_dedup_applies_to_puts_made_after_another(queue: Queue) -> None:
     parent = await put(queue)
     first = await put(queue, b"1", key="c-1", kind="comment", after=parent.status.id)

@@ -135,7 +135,8 @@ class Link:
     send). When the chain's only job is dead and ``merge`` is given (its jobs are states, not
     events), a post is that job again: its payload merged with ``first``'s, due now, no
     attempt counted (a CRM posts the deal Calltouch refused again, mended), waiting for
-    :meth:`revived_after`; unless that is dead and purged. Otherwise ``follow(the last job's
+    :meth:`revived_after`; unless that is dead and purged: then it stays dead, the post merged
+    into it (unless purged too). Otherwise ``follow(the last job's
     payload or None if purged, next's)`` is what is queued; ``None``: nothing is.
     Both run inside the store's transaction: they must be quick and pure.
     """

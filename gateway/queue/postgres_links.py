@@ -135,9 +135,7 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
     item = link.next
     if link.merge is not None and state == State.DEAD.value and int(seq) == 1 \
             and kind == link.first.kind:
-        revived = await _revive(conn, tail_id, link, payload, now)
-        if revived is not None:
-            return revived
+        return await _revive(conn, tail_id, link, payload, now)
     if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
             and payload:
         merged = link.merge(payload, item.payload)
@@ -154,19 +152,23 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
 
 async def _revive(
     conn: Conn, tail_id: str, link: Link, payload: bytes | None, now: float
-) -> PutResult | None:
+) -> PutResult:
     """The chain's first job died (refused, or out of time) and nothing was sent after it: a
-    post to the chain is that job again, with what the post brings, as if first put now;
-    ``None`` when the job it waits for is dead and purged (it stays dead)."""
+    post to the chain is that job again, with what the post brings, as if first put now.
+    When what it would wait for is dead and purged, it stays dead and keeps the post for a
+    later one or a replay to send (a purged one stays purged): a job queued behind it would
+    take the chain's tail, and no later post could revive it."""
     body = link.first.payload
     if payload and link.merge is not None:
         body = link.merge(payload, body)
     had = await conn.fetchval("SELECT after FROM jobs WHERE id = $1", tail_id)
     after = link.revived_after(had, (await _waiting(conn, had))[0] == State.DEAD)
     state, upstream = await _waiting(conn, after)
-    if state == State.DEAD:  # what it waits for can never come: it stays dead
-        return None
-    await conn.execute(_REVIVE, tail_id, body, state.value, now, after, upstream)
+    if state == State.DEAD:
+        if payload:
+            await conn.execute("UPDATE jobs SET payload = $2 WHERE id = $1", tail_id, body)
+    else:
+        await conn.execute(_REVIVE, tail_id, body, state.value, now, after, upstream)
     [row] = await conn.fetch(_BY_ID, tail_id)
     return PutResult(status_of(row), created=False, merged=True)
 

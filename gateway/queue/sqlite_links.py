@@ -107,9 +107,7 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
     item = link.next
     if link.merge is not None and state == State.DEAD.value and int(seq) == 1 \
             and kind == link.first.kind:
-        revived = _revive(conn, tail_id, link, payload, now)
-        if revived is not None:
-            return revived
+        return _revive(conn, tail_id, link, payload, now)
     if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
             and payload:
         merged = link.merge(payload, item.payload)
@@ -126,19 +124,23 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
 
 def _revive(
     conn: sqlite3.Connection, tail_id: str, link: Link, payload: bytes | None, now: float
-) -> PutResult | None:
+) -> PutResult:
     """The chain's first job died (refused, or out of time) and nothing was sent after it: a
-    post to the chain is that job again, with what the post brings, as if first put now;
-    ``None`` when the job it waits for is dead and purged (it stays dead)."""
+    post to the chain is that job again, with what the post brings, as if first put now.
+    When what it would wait for is dead and purged, it stays dead and keeps the post for a
+    later one or a replay to send (a purged one stays purged): a job queued behind it would
+    take the chain's tail, and no later post could revive it."""
     body = link.first.payload
     if payload and link.merge is not None:
         body = link.merge(payload, body)
     (had,) = conn.execute("SELECT after FROM jobs WHERE id = ?", (tail_id,)).fetchone()
     after = link.revived_after(had, _waiting(conn, had)[0] == State.DEAD)
     state, upstream = _waiting(conn, after)
-    if state == State.DEAD:  # what it waits for can never come: it stays dead
-        return None
-    conn.execute(_REVIVE, (body, state.value, now, now, after, upstream, tail_id))
+    if state == State.DEAD:
+        if payload:
+            conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (body, tail_id))
+    else:
+        conn.execute(_REVIVE, (body, state.value, now, now, after, upstream, tail_id))
     row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
     return PutResult(status_of(row.fetchone()), created=False, merged=True)
 
