@@ -546,13 +546,15 @@ def test_an_older_status_arriving_late_does_not_roll_the_deal_back() -> None:
     assert orjson.loads(merge(queued, later))["status"] == "shipped"
 
 
-def test_merge_keeps_the_queued_jobs_lead_marker_and_its_matching() -> None:
+def test_merge_keeps_the_lead_marker_of_either_and_the_matching_given() -> None:
+    """The marker only matters with the requestId of a lead the job waits for; a revived
+    create waits for the lead the new post names, so the new post's marker must stay."""
     queued = body(matching=[CALL_CONTACT], leadRequest=True)
     assert orjson.loads(merge(queued, body(fallback={"source": "s"}))) == {
         "orderNumber": "A", "matching": [CALL_CONTACT], "leadRequest": True}
     assert orjson.loads(merge(body(fallback={"source": "s"}), body(leadRequest=True,
                                                                    matching=[CUSTOM]))) == {
-        "orderNumber": "A", "matching": [CUSTOM]}
+        "orderNumber": "A", "matching": [CUSTOM], "leadRequest": True}
 
 
 def test_follow_drops_what_only_a_create_sends() -> None:

@@ -15,8 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 import pytest
 
+from gateway.kinds import deal as deals
+from gateway.kinds import deal_merge
+from gateway.kinds.deal_fields import LEAD_FIRST
 from gateway.queue import (
     Back,
     Job,
@@ -368,10 +372,87 @@ async def test_a_post_naming_a_purged_lead_leaves_the_dead_create_to_revive(
     assert (kept.created, kept.status.id, kept.status.state) == (
         False, create.status.id, State.DEAD)
     assert [s.id for s in await queue.chain("default", "d-1")] == [create.status.id]
+    # The dead letter holding the post is kept from the post's time, not from its death.
+    assert (await queue.purge(T0 + 350, T0 + 350, 10)).dead == 0
     mended = await queue.append(deal("d-1", b"m", merge=joined), T0 + 500)
     assert (mended.status.id, mended.status.state) == (create.status.id, State.READY)
     revived = await lease_one(queue, "create", T0 + 500)
     assert revived.payload == (b"m" if purged else b"c+x+m")
+
+
+@pytest.mark.parametrize("purged", [False, True], ids=["kept", "purged"])
+async def test_what_was_queued_behind_a_create_that_died_is_folded_into_its_revival(
+    queue: Queue, purged: bool
+) -> None:
+    """An update posted while the create was in flight waited behind it; Calltouch refused
+    the create. The mended post revives the create with the update in it, and the update is
+    gone. Before, the post merged into the held update, which waited for ever (for a replay
+    of the old, refused create), and once the create was purged every post was dead at once."""
+    create = await queue.append(deal("d-1", b"c", merge=joined), T0)
+    in_flight = await lease_one(queue, "create", T0)
+    held = await queue.append(deal("d-1", b"u", merge=joined), T0 + 1)
+    assert (held.created, held.status.state) == (True, State.HELD)
+    assert await queue.bury(in_flight, "HTTP 400", T0 + 2)
+    if purged:  # the create, and the update buried with it
+        assert (await queue.purge(T0 + 100, T0 + 100, 10)).dead == 2
+    mended = await queue.append(deal("d-1", b"m", merge=joined), T0 + 200)
+    assert (mended.status.id, mended.status.state) == (create.status.id, State.READY)
+    assert [s.id for s in await queue.chain("default", "d-1")] == [create.status.id]
+    assert (await queue.stats()).counts[State.HELD] == 0
+    assert (await lease_one(queue, "create", T0 + 200)).payload == (
+        b"m" if purged else b"c+u+m")
+
+
+@pytest.mark.parametrize("purged", [False, True], ids=["kept", "purged"])
+async def test_a_post_to_a_deal_whose_update_died_is_that_update_again(
+    queue: Queue, purged: bool
+) -> None:
+    """Before, the post waited behind the dead update for ever, and once that was purged
+    every post of the deal was dead at once."""
+    create = await queue.append(deal("d-1", b"c", merge=joined), T0)
+    assert await queue.ack(await lease_one(queue, "create", T0), "R1", T0 + 1)
+    update = await queue.append(deal("d-1", b"u", merge=joined), T0 + 2)
+    assert await queue.bury(await lease_one(queue, "update", T0 + 2), "HTTP 400", T0 + 3)
+    if purged:
+        assert (await queue.purge(T0 + 100, T0 + 100, 10)).dead == 1
+    mended = await queue.append(deal("d-1", b"m", merge=joined), T0 + 200)
+    assert (mended.status.id, mended.status.state) == (update.status.id, State.READY)
+    chain = await queue.chain("default", "d-1")
+    assert [s.id for s in chain] == [create.status.id, update.status.id]
+    revived = await lease_one(queue, "update", T0 + 200)
+    assert (revived.payload, revived.after_upstream) == (b"m" if purged else b"u+m", "R1")
+
+
+async def test_a_create_that_became_an_update_and_died_is_revived_as_that_update(
+    queue: Queue
+) -> None:
+    """Calltouch held the deal already (the create became an update), then refused it."""
+    create = await queue.append(deal("d-1", b"c", merge=joined), T0)
+    assert await queue.convert(await lease_one(queue, "create", T0), "update", T0 + 1)
+    assert await queue.bury(await lease_one(queue, "update", T0 + 1), "HTTP 400", T0 + 2)
+    mended = await queue.append(deal("d-1", b"m", merge=joined), T0 + 3)
+    assert (mended.status.id, mended.status.state) == (create.status.id, State.READY)
+    assert (await lease_one(queue, "update", T0 + 3)).payload == b"c+m"
+
+
+async def test_a_revived_create_is_matched_by_the_lead_the_new_post_names(
+    queue: Queue
+) -> None:
+    """With the deal kind's own merge: the lead marker of the post comes with its lead."""
+    def create_post(after: str | None = None, **fields: object) -> Link:
+        body = orjson.dumps({"orderNumber": "d-1", "status": "new", **fields})
+        return Link("d-1", Put(deals.KIND_CREATE, body, "d-1", after=after),
+                    Put(deals.KIND_UPDATE, body), deal_merge.merge, deal_merge.follow)
+
+    await queue.append(create_post(), T0)
+    assert await queue.bury(await lease_one(queue, deals.KIND_CREATE, T0), "HTTP 400", T0 + 1)
+    lead = await put(queue, b'{"lead": 1}', key="rn-1", now=T0 + 2)
+    await queue.append(create_post(lead.status.id, **{LEAD_FIRST: True}), T0 + 3)
+    assert await queue.ack(await lease_one(queue, "lead", T0 + 4), "R-LEAD", T0 + 5)
+    job = await lease_one(queue, deals.KIND_CREATE, T0 + 6)
+    order = deals.create_order(orjson.loads(job.payload), job.after_upstream)
+    assert order["matching"][0] == {"type": "request",
+                                    "requestParams": {"requestId": "R-LEAD"}}
 
 
 async def test_dedup_applies_to_puts_made_after_another(queue: Queue) -> None:

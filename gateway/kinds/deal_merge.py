@@ -44,11 +44,11 @@ def merge(queued: bytes, new: bytes) -> bytes:
     """One payload of ``queued`` and a later ``new`` of the same deal, still unsent.
 
     A field given later wins, but an older status never replaces a newer one; tags add up,
-    comments join, custom fields merge by name. The lead marker stays the queued job's: it
-    goes with that job's ``after``.
+    comments join, custom fields merge by name. The lead marker is kept when either has it:
+    it matches by the requestId of the lead the job waits for, so it does nothing on a job
+    that waits for none, and a revived create waits for the lead the new post names.
     """
     old, later = orjson.loads(queued), orjson.loads(new)
-    later.pop(LEAD_FIRST, None)
     later.pop(STATUS_SEEN, None)
     if _older_status(old, later):
         for name in _STATUS:

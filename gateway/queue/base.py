@@ -132,13 +132,14 @@ class Link:
     When the chain's last job is still queued (not leased) and of ``first``'s or ``next``'s
     kind, ``merge(its payload, next's)`` replaces its payload instead: a deal's create not yet
     sent takes what a later post adds (its phones and matching among it, which no update can
-    send). When the chain's only job is dead and ``merge`` is given (its jobs are states, not
-    events), a post is that job again: its payload merged with ``first``'s, due now, no
-    attempt counted (a CRM posts the deal Calltouch refused again, mended), waiting for
-    :meth:`revived_after`; unless that is dead and purged: then it stays dead, the post merged
-    into it (unless purged too). Otherwise ``follow(the last job's
-    payload or None if purged, next's)`` is what is queued; ``None``: nothing is.
-    Both run inside the store's transaction: they must be quick and pure.
+    send). When the chain's first job not delivered is dead and ``merge`` is given (its jobs
+    are states, not events), a post is that job again: the jobs queued behind it folded in
+    (:meth:`folded`) and removed, then ``first``'s payload merged in; due now, no attempt
+    counted (a CRM posts the deal Calltouch refused again, mended). A first job waits for
+    :meth:`revived_after`, unless that is dead and purged: then it stays dead, with all that
+    merged into it (unless purged too); a later one waits for the job before it, delivered.
+    Otherwise ``follow(the last job's payload or None if purged, next's)`` is what is queued;
+    ``None``: nothing is. Both run inside the store's transaction: they must be quick and pure.
     """
 
     chain: str
@@ -146,6 +147,16 @@ class Link:
     next: Put
     merge: Callable[[bytes, bytes], bytes] | None = None
     follow: Callable[[bytes | None, bytes], bytes | None] | None = None
+
+    def folded(self, first: bytes | None, behind: Sequence[bytes | None]) -> bytes | None:
+        """The dead first job's payload with what was queued behind it merged in, in order
+        (``None``: purged); the revived job carries the whole chain again."""
+        if first is None or self.merge is None:
+            return first
+        for payload in behind:
+            if payload is not None:
+                first = self.merge(first, payload)
+        return first
 
     def revived_after(self, had: str | None, had_purged_dead: bool) -> str | None:
         """What the dead first job, revived, waits for: what ``first`` names, else what it

@@ -35,6 +35,19 @@ WHERE site = $1 AND chain = $2 AND chain IS NOT NULL ORDER BY chain_seq DESC LIM
 FOR UPDATE
 """
 _BY_ID = f"SELECT {STATUS_COLS} FROM jobs WHERE id = $1"
+_UNDELIVERED = """
+SELECT id, kind, state, payload, chain_seq FROM jobs WHERE site = $1 AND chain = $2
+    AND chain IS NOT NULL AND state <> 'delivered' ORDER BY chain_seq LIMIT 1
+FOR UPDATE
+"""
+_BEHIND = """
+SELECT state, payload FROM jobs
+WHERE site = $1 AND chain = $2 AND chain IS NOT NULL AND chain_seq > $3 ORDER BY chain_seq
+FOR UPDATE
+"""
+_FOLD = "DELETE FROM jobs WHERE site = $1 AND chain = $2 AND chain IS NOT NULL AND chain_seq > $3"
+# Behind a dead job nothing was sent: jobs wait (held), or died with it (buried at its purge).
+_UNSENT = (State.HELD.value, State.DEAD.value)
 _REVIVE = """
 UPDATE jobs SET payload = $2, state = $3, visible_at = $4, created_at = $4, after = $5,
     after_upstream = $6, attempts = 0, done_at = NULL, last_error = NULL
@@ -126,6 +139,9 @@ async def _append(conn: Conn, job_id: str, link: Link, now: float) -> PutResult:
     rows = await conn.fetch(_TAIL, link.first.site, link.chain)
     if not rows:
         return await put_linked(conn, job_id, link.first, now, link.chain, 1)
+    revived = await _revive_dead(conn, link, now) if link.merge is not None else None
+    if revived is not None:
+        return revived
     return await _after_tail(conn, job_id, link, now, rows[0])
 
 
@@ -133,9 +149,6 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
     tail_id, kind, state, payload, seq = tail
     payload = None if payload is None else bytes(payload)
     item = link.next
-    if link.merge is not None and state == State.DEAD.value and int(seq) == 1 \
-            and kind == link.first.kind:
-        return await _revive(conn, tail_id, link, payload, now)
     if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
             and payload:
         merged = link.merge(payload, item.payload)
@@ -150,26 +163,50 @@ async def _after_tail(conn: Conn, job_id: str, link: Link, now: float, tail: Any
     return await put_linked(conn, job_id, after, now, link.chain, int(seq) + 1)
 
 
+async def _revive_dead(conn: Conn, link: Link, now: float) -> PutResult | None:
+    """When the chain's first job not delivered is dead: the post revives it, with what was
+    queued behind it folded in (see :class:`Link`); else ``None``."""
+    where = (link.first.site, link.chain)
+    found = await conn.fetch(_UNDELIVERED, *where)
+    if not found or found[0][2] != State.DEAD.value:
+        return None
+    job_id, kind, _, payload, seq = found[0]
+    if kind not in ((link.first.kind, link.next.kind) if seq == 1 else (link.next.kind,)):
+        return None
+    behind = await conn.fetch(_BEHIND, *where, seq)
+    if any(row[0] not in _UNSENT for row in behind):
+        return None
+    await conn.execute(_FOLD, *where, seq)
+    folded = link.folded(_bytes(payload), [_bytes(row[1]) for row in behind])
+    return await _revive(conn, job_id, link, folded, now, first=seq == 1)
+
+
+def _bytes(payload: Any) -> bytes | None:
+    return None if payload is None else bytes(payload)
+
+
 async def _revive(
-    conn: Conn, tail_id: str, link: Link, payload: bytes | None, now: float
+    conn: Conn, job_id: str, link: Link, payload: bytes | None, now: float, first: bool
 ) -> PutResult:
-    """The chain's first job died (refused, or out of time) and nothing was sent after it: a
-    post to the chain is that job again, with what the post brings, as if first put now.
-    When what it would wait for is dead and purged, it stays dead and keeps the post for a
-    later one or a replay to send (a purged one stays purged): a job queued behind it would
-    take the chain's tail, and no later post could revive it."""
+    """The chain's dead job (refused, or out of time), nothing sent after it: a post to the
+    chain is that job again, with what the post brings, as if first put now. When what it
+    would wait for is dead and purged, it stays dead and keeps the post for a later one or a
+    replay to send (a purged one stays purged): nothing is queued behind a dead job."""
     body = link.first.payload
     if payload and link.merge is not None:
         body = link.merge(payload, body)
-    had = await conn.fetchval("SELECT after FROM jobs WHERE id = $1", tail_id)
-    after = link.revived_after(had, (await _waiting(conn, had))[0] == State.DEAD)
+    had = await conn.fetchval("SELECT after FROM jobs WHERE id = $1", job_id)
+    dead = (await _waiting(conn, had))[0] == State.DEAD
+    after = link.revived_after(had, dead) if first else had
     state, upstream = await _waiting(conn, after)
     if state == State.DEAD:
         if payload:
-            await conn.execute("UPDATE jobs SET payload = $2 WHERE id = $1", tail_id, body)
+            # Kept as long as a dead letter put now: the post is as new as its arrival.
+            await conn.execute("UPDATE jobs SET payload = $2, done_at = $3 WHERE id = $1",
+                               job_id, body, now)
     else:
-        await conn.execute(_REVIVE, tail_id, body, state.value, now, after, upstream)
-    [row] = await conn.fetch(_BY_ID, tail_id)
+        await conn.execute(_REVIVE, job_id, body, state.value, now, after, upstream)
+    [row] = await conn.fetch(_BY_ID, job_id)
     return PutResult(status_of(row), created=False, merged=True)
 
 

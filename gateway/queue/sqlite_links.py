@@ -48,7 +48,18 @@ _BACKLOG_OF_SITES = (
     f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
     " AND site IN (SELECT value FROM json_each(?)) ORDER BY visible_at LIMIT ?)"
 )
+_UNDELIVERED = (
+    "SELECT id, kind, state, payload, chain_seq FROM jobs WHERE site = ? AND chain = ?"
+    " AND chain IS NOT NULL AND state != 'delivered' ORDER BY chain_seq LIMIT 1"
+)
+_BEHIND = (
+    "SELECT state, payload FROM jobs"
+    " WHERE site = ? AND chain = ? AND chain IS NOT NULL AND chain_seq > ? ORDER BY chain_seq"
+)
+_FOLD = "DELETE FROM jobs WHERE site = ? AND chain = ? AND chain IS NOT NULL AND chain_seq > ?"
 _QUEUED = (State.READY.value, State.DELAYED.value, State.HELD.value)
+# Behind a dead job nothing was sent: jobs wait (held), or died with it (buried at its purge).
+_UNSENT = (State.HELD.value, State.DEAD.value)
 _REVIVE = (
     "UPDATE jobs SET payload = ?, state = ?, visible_at = ?, created_at = ?, after = ?,"
     " after_upstream = ?, attempts = 0, done_at = NULL, last_error = NULL WHERE id = ?"
@@ -103,11 +114,11 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
     tail = conn.execute(_TAIL, (link.first.site, link.chain)).fetchone()
     if tail is None:
         return put_linked(conn, job_id, link.first, now, link.chain, 1)
+    revived = _revive_dead(conn, link, now) if link.merge is not None else None
+    if revived is not None:
+        return revived
     tail_id, kind, state, payload, seq = tail
     item = link.next
-    if link.merge is not None and state == State.DEAD.value and int(seq) == 1 \
-            and kind == link.first.kind:
-        return _revive(conn, tail_id, link, payload, now)
     if link.merge is not None and kind in (item.kind, link.first.kind) and state in _QUEUED \
             and payload:
         merged = link.merge(payload, item.payload)
@@ -122,26 +133,46 @@ def append(conn: sqlite3.Connection, job_id: str, link: Link, now: float) -> Put
     return put_linked(conn, job_id, after, now, link.chain, int(seq) + 1)
 
 
+def _revive_dead(conn: sqlite3.Connection, link: Link, now: float) -> PutResult | None:
+    """When the chain's first job not delivered is dead: the post revives it, with what was
+    queued behind it folded in (see :class:`Link`); else ``None``."""
+    where = (link.first.site, link.chain)
+    found = conn.execute(_UNDELIVERED, where).fetchone()
+    if found is None or found[2] != State.DEAD.value:
+        return None
+    job_id, kind, _, payload, seq = found
+    if kind not in ((link.first.kind, link.next.kind) if seq == 1 else (link.next.kind,)):
+        return None
+    behind = conn.execute(_BEHIND, (*where, seq)).fetchall()
+    if any(row[0] not in _UNSENT for row in behind):
+        return None
+    conn.execute(_FOLD, (*where, seq))
+    folded = link.folded(payload, [row[1] for row in behind])
+    return _revive(conn, job_id, link, folded, now, first=seq == 1)
+
+
 def _revive(
-    conn: sqlite3.Connection, tail_id: str, link: Link, payload: bytes | None, now: float
+    conn: sqlite3.Connection, job_id: str, link: Link, payload: bytes | None, now: float,
+    first: bool,
 ) -> PutResult:
-    """The chain's first job died (refused, or out of time) and nothing was sent after it: a
-    post to the chain is that job again, with what the post brings, as if first put now.
-    When what it would wait for is dead and purged, it stays dead and keeps the post for a
-    later one or a replay to send (a purged one stays purged): a job queued behind it would
-    take the chain's tail, and no later post could revive it."""
+    """The chain's dead job (refused, or out of time), nothing sent after it: a post to the
+    chain is that job again, with what the post brings, as if first put now. When what it
+    would wait for is dead and purged, it stays dead and keeps the post for a later one or a
+    replay to send (a purged one stays purged): nothing is queued behind a dead job."""
     body = link.first.payload
     if payload and link.merge is not None:
         body = link.merge(payload, body)
-    (had,) = conn.execute("SELECT after FROM jobs WHERE id = ?", (tail_id,)).fetchone()
-    after = link.revived_after(had, _waiting(conn, had)[0] == State.DEAD)
+    (had,) = conn.execute("SELECT after FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    after = link.revived_after(had, _waiting(conn, had)[0] == State.DEAD) if first else had
     state, upstream = _waiting(conn, after)
     if state == State.DEAD:
         if payload:
-            conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (body, tail_id))
+            # Kept as long as a dead letter put now: the post is as new as its arrival.
+            conn.execute("UPDATE jobs SET payload = ?, done_at = ? WHERE id = ?",
+                         (body, now, job_id))
     else:
-        conn.execute(_REVIVE, (body, state.value, now, now, after, upstream, tail_id))
-    row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (tail_id,))
+        conn.execute(_REVIVE, (body, state.value, now, now, after, upstream, job_id))
+    row = conn.execute(f"SELECT {STATUS_COLS} FROM jobs WHERE id = ?", (job_id,))
     return PutResult(status_of(row.fetchone()), created=False, merged=True)
 
 
