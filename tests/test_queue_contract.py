@@ -388,6 +388,20 @@ async def test_the_quarantine_is_capped_oldest_first(queue: Queue) -> None:
     assert (await queue.stats()).counts[State.SPAM] == 3
 
 
+@pytest.mark.parametrize("count", [1, 1023, 1537])  # every run of rows a statement takes
+async def test_a_write_of_any_size_stores_every_quarantined_lead_once(
+    queue: Queue, count: int
+) -> None:
+    items = [spam_of(n, T0 + n) for n in range(count)]
+    assert await queue.quarantine(items, keep=10_000) == 0
+    listed = await queue.spam(10_000)
+    assert [s.id for s in listed] == [q.id for q in items]
+    assert (await queue.stats()).counts[State.SPAM] == count
+    assert await queue.release_spam(None, None, T0 + count) == count
+    leased = await queue.lease("lead", 10_000, T0 + count, 30)
+    assert sorted(j.payload for j in leased) == sorted(q.put.payload for q in items)
+
+
 async def test_old_spam_is_purged_in_batches(queue: Queue) -> None:
     await queue.quarantine([spam_of(n, T0 + n) for n in range(5)], keep=100)
     assert await queue.purge_spam(T0 + 3, limit=2) == 2

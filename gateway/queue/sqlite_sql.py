@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import orjson
@@ -250,9 +250,25 @@ def stats(conn: sqlite3.Connection) -> Stats:
 
 _QUARANTINE = (
     "INSERT OR IGNORE INTO jobs"
-    " (id, kind, state, payload, created_at, visible_at, site, last_error)"
-    " VALUES (?, ?, 'spam', ?, ?, ?, ?, ?)"
+    " (id, kind, state, payload, created_at, visible_at, site, last_error) VALUES "
 )
+
+
+@functools.cache
+def _quarantine_sql(rows: int) -> str:
+    return _QUARANTINE + ", ".join(["(?, ?, 'spam', ?, ?, ?, ?, ?)"] * rows)
+
+
+def _power_of_two_chunks(items: Sequence[Quarantined]) -> Iterator[Sequence[Quarantined]]:
+    """``items`` in runs of 512, 256, … 1 rows: ten statement sizes serve any count, so the
+    connection's statement cache holds ten, not one per count (each a few hundred kB)."""
+    start = 0
+    while (left := len(items) - start) > 0:
+        size = min(ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
+        yield items[start:start + size]
+        start += size
+
+
 # Each of these names the terms of jobs_spam's WHERE, so the planner walks that index.
 _SPAM_OLDEST = "SELECT rowid FROM jobs WHERE state = 'spam' ORDER BY created_at LIMIT ?"
 _SPAM_LIST = f"SELECT {STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= ?"
@@ -267,10 +283,15 @@ _SPAM_PURGE = (
 
 
 def quarantine(conn: sqlite3.Connection, items: Sequence[Quarantined], keep: int) -> int:
-    """Store spam, then cut the quarantine back to ``keep``, the oldest first."""
-    conn.executemany(_QUARANTINE, [
-        (q.id, q.put.kind, q.put.payload, q.at, q.at, q.put.site, q.reason) for q in items
-    ])
+    """Store spam, then cut the quarantine back to ``keep``, the oldest first.
+
+    Multi-row statements, not ``executemany``: that takes the GIL back from the busy event loop
+    after every row, and real leads' commits waited behind it (docs/performance.md)."""
+    for chunk in _power_of_two_chunks(items):
+        args: list[object] = []
+        for q in chunk:
+            args += (q.id, q.put.kind, q.put.payload, q.at, q.at, q.put.site, q.reason)
+        conn.execute(_quarantine_sql(len(chunk)), args)
     held = conn.execute("SELECT coalesce(sum(n), 0) FROM job_counts WHERE state = 'spam'")
     excess = int(held.fetchone()[0]) - keep
     if excess <= 0:
