@@ -36,6 +36,7 @@ _INSERT = (
     "INSERT OR IGNORE INTO jobs"
     " (id, kind, state, payload, dedup_key, created_at, visible_at, site) VALUES "
 )
+_INSERT_ROW = "(?, ?, 'ready', ?, ?, ?, ?, ?)"
 # Seven variables a row, far under SQLite's 32,766; a group commit fits in one statement.
 ROWS_PER_INSERT = 512
 _VISIBLE = f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
@@ -104,15 +105,16 @@ def status_of(row: tuple[object, ...]) -> Status:
 
 
 @functools.cache
-def _insert_sql(rows: int) -> str:
-    return _INSERT + ", ".join(["(?, ?, 'ready', ?, ?, ?, ?, ?)"] * rows)
+def _rows_sql(head: str, row: str, rows: int) -> str:
+    """A multi-row ``INSERT``: ``head``, then ``rows`` copies of ``row``."""
+    return head + ", ".join([row] * rows)
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
     args: list[object] = []
     for job_id, item, now in rows:
         args += (job_id, item.kind, item.payload, item.dedup_key, now, now, item.site)
-    return conn.execute(_insert_sql(len(rows)), args).rowcount
+    return conn.execute(_rows_sql(_INSERT, _INSERT_ROW, len(rows)), args).rowcount
 
 
 def _created(job_id: str, item: Put, now: float) -> PutResult:
@@ -252,11 +254,7 @@ _QUARANTINE = (
     "INSERT OR IGNORE INTO jobs"
     " (id, kind, state, payload, created_at, visible_at, site, last_error) VALUES "
 )
-
-
-@functools.cache
-def _quarantine_sql(rows: int) -> str:
-    return _QUARANTINE + ", ".join(["(?, ?, 'spam', ?, ?, ?, ?, ?)"] * rows)
+_QUARANTINE_ROW = "(?, ?, 'spam', ?, ?, ?, ?, ?)"
 
 
 def _power_of_two_chunks(items: Sequence[Quarantined]) -> Iterator[Sequence[Quarantined]]:
@@ -291,7 +289,7 @@ def quarantine(conn: sqlite3.Connection, items: Sequence[Quarantined], keep: int
         args: list[object] = []
         for q in chunk:
             args += (q.id, q.put.kind, q.put.payload, q.at, q.at, q.put.site, q.reason)
-        conn.execute(_quarantine_sql(len(chunk)), args)
+        conn.execute(_rows_sql(_QUARANTINE, _QUARANTINE_ROW, len(chunk)), args)
     held = conn.execute("SELECT coalesce(sum(n), 0) FROM job_counts WHERE state = 'spam'")
     excess = int(held.fetchone()[0]) - keep
     if excess <= 0:
