@@ -66,6 +66,21 @@ async def test_dedup_inside_one_batch(queue: Queue) -> None:
     assert results[0].status.id == results[1].status.id
 
 
+async def test_a_batch_of_any_size_answers_each_put_and_keeps_the_first_of_a_key(
+    queue: Queue,
+) -> None:
+    held = await put(queue, key="k-held")
+    # 1,023 puts are five statements (512, 256, 128, 64, 63 rows); each repeat is in the last.
+    puts = [Put("lead", b"%d" % n, f"k-{n}") for n in range(1021)]
+    puts += [Put("lead", b"again", "k-3"), Put("lead", b"again", "k-held")]
+    results = await queue.put_many(puts, T0)
+    assert [r.created for r in results] == [True] * 1021 + [False, False]
+    assert results[1021].status.id == results[3].status.id
+    assert results[1022].status.id == held.status.id
+    leased = await queue.lease("lead", 2000, T0, 30)
+    assert sorted(j.payload for j in leased) == sorted([b"{}"] + [p.payload for p in puts[:1021]])
+
+
 async def test_lease_hides_the_job_until_it_expires(queue: Queue) -> None:
     await put(queue)
     [job] = await queue.lease("lead", 10, T0, 30)
@@ -388,7 +403,7 @@ async def test_the_quarantine_is_capped_oldest_first(queue: Queue) -> None:
     assert (await queue.stats()).counts[State.SPAM] == 3
 
 
-@pytest.mark.parametrize("count", [1, 1023, 1537])  # every run of rows a statement takes
+@pytest.mark.parametrize("count", [1, 1023, 1537])  # one statement, and runs of every size
 async def test_a_write_of_any_size_stores_every_quarantined_lead_once(
     queue: Queue, count: int
 ) -> None:

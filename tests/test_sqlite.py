@@ -67,6 +67,18 @@ async def test_concurrent_puts_share_inserts(
     assert sum(sizes) == 300 and len(sizes) < 300 / 4, sizes
 
 
+def test_rows_of_any_count_are_written_in_few_statement_sizes() -> None:
+    # One cached statement per count took 84 MiB for counts up to 512 (docs/performance.md).
+    sizes = set()
+    for count in range(1, 1600):
+        runs = list(backend._runs(range(count)))
+        assert [n for run in runs for n in run] == list(range(count))
+        assert len(runs) == 1 or count > backend.EXACT_ROWS
+        sizes.update(len(run) for run in runs)
+    assert sizes == set(range(1, backend.EXACT_ROWS + 1)) | {128, 256, backend.ROWS_PER_INSERT}
+    assert len(sizes) == backend.STATEMENT_SIZES
+
+
 async def test_a_failed_commit_is_a_queue_error_for_each_put(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

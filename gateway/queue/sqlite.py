@@ -92,8 +92,8 @@ class SQLiteQueue(Settling):
         return queue
 
     def _open_writer(self) -> None:
-        # Room for an INSERT of every batch size besides the other statements.
-        self._w = connect(self.path, sql.ROWS_PER_INSERT + 64)
+        # Room for the puts' and the quarantine's INSERTs of each run size besides the rest.
+        self._w = connect(self.path, 2 * sql.STATEMENT_SIZES + 64)
         migrate(self._w)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -37,8 +37,13 @@ _INSERT = (
     " (id, kind, state, payload, dedup_key, created_at, visible_at, site) VALUES "
 )
 _INSERT_ROW = "(?, ?, 'ready', ?, ?, ?, ?, ?)"
-# Seven variables a row, far under SQLite's 32,766; a group commit fits in one statement.
+# Seven variables a row, far under SQLite's 32,766.
 ROWS_PER_INSERT = 512
+# A write of up to 64 rows is one statement, since each more takes the GIL back from the busy
+# loop once more; a larger one is a few (_runs). So the writer caches 67 sizes of an INSERT,
+# where one for every count up to 512 took 84 MiB.
+EXACT_ROWS = 64
+STATEMENT_SIZES = EXACT_ROWS + (ROWS_PER_INSERT // EXACT_ROWS).bit_length() - 1
 _VISIBLE = f" WHERE kind = ? AND state IN {PENDING_SQL} AND visible_at <= ?"
 _LEASE = (
     "SELECT id, kind, payload, created_at, attempts, lease, site, after_upstream FROM jobs"
@@ -138,15 +143,13 @@ def _resolve(conn: sqlite3.Connection, job_id: str, item: Put, now: float) -> Pu
 
 
 def insert(conn: sqlite3.Connection, rows: list[Row]) -> list[PutResult]:
-    """Insert new jobs, skipping repeated dedup keys; up to 512 rows are one autocommit
+    """Insert new jobs, skipping repeated dedup keys; up to 64 rows are one autocommit
     statement, in which SQLite inserts, commits and fsyncs without holding the GIL."""
-    starts = range(0, len(rows), ROWS_PER_INSERT)
-    if len(starts) == 1:
+    runs = list(_runs(rows))
+    if len(runs) == 1:
         inserted = _insert_rows(conn, rows)
-    else:  # a bulk load: one transaction of several statements
-        inserted = transaction(conn, lambda c: sum(
-            _insert_rows(c, rows[i:i + ROWS_PER_INSERT]) for i in starts
-        ))
+    else:
+        inserted = transaction(conn, lambda c: sum(_insert_rows(c, run) for run in runs))
     if inserted == len(rows):  # the common case: no repeated dedup key
         return [_created(i, item, now) for i, item, now in rows]
     return [_resolve(conn, i, item, now) for i, item, now in rows]
@@ -257,12 +260,12 @@ _QUARANTINE = (
 _QUARANTINE_ROW = "(?, ?, 'spam', ?, ?, ?, ?, ?)"
 
 
-def _power_of_two_chunks(items: Sequence[Quarantined]) -> Iterator[Sequence[Quarantined]]:
-    """``items`` in runs of 512, 256, … 1 rows: ten statement sizes serve any count, so the
-    connection's statement cache holds ten, not one per count (each a few hundred kB)."""
+def _runs(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in order, in runs that each make one statement: up to ``EXACT_ROWS`` in one
+    run, more in runs of 512, 256, 128 or 64 and one of the rest (docs/performance.md)."""
     start = 0
     while (left := len(items) - start) > 0:
-        size = min(ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
+        size = left if left <= EXACT_ROWS else min(ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
         yield items[start:start + size]
         start += size
 
@@ -285,7 +288,7 @@ def quarantine(conn: sqlite3.Connection, items: Sequence[Quarantined], keep: int
 
     Multi-row statements, not ``executemany``: that takes the GIL back from the busy event loop
     after every row, and real leads' commits waited behind it (docs/performance.md)."""
-    for chunk in _power_of_two_chunks(items):
+    for chunk in _runs(items):
         args: list[object] = []
         for q in chunk:
             args += (q.id, q.put.kind, q.put.payload, q.at, q.at, q.put.site, q.reason)
