@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from typing import Any
 
@@ -185,6 +187,55 @@ async def test_a_dropped_get_is_not_sent_again_behind_the_pacers_back() -> None:
     assert first.status == 200
     assert second.status is None and isinstance(second.failure, Retry), second
     assert len(seen) == 2  # the relay retries it, at its own pace
+
+
+@contextlib.asynccontextmanager
+async def answer_in_parts(parts: list[bytes], head: bytes) -> AsyncIterator[str]:
+    """The URL of a Calltouch that writes ``head`` and then each of ``parts`` apart, as a WAN
+    delivers them (the pause is the network's, not a wait for an event)."""
+    answered = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head)
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        finally:
+            writer.close()
+            answered.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        await answered.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def send_once(url: str) -> Reply:
+    async with upstream_session(aiohttp.TCPConnector()) as session:
+        client = CalltouchClient(session, url, timeout=5.0)
+        return await client.send(Call("POST", "/r/", form={"a": "b"}), lambda at: None)
+
+
+async def test_an_answer_in_several_segments_is_read_whole() -> None:
+    body = OK[:-1] + b', "pad": "' + b"x" * 3000 + b'"}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    async with answer_in_parts([body[:700], body[700:]], head % len(body)) as url:
+        reply = await send_once(url)
+    assert reply.body == body
+    assert isinstance(read_answer(reply.status or 0, reply.body), Delivered)
+
+
+async def test_a_redirect_is_not_followed_behind_the_pacers_back() -> None:
+    head = b"HTTP/1.1 302 Found\r\nLocation: /elsewhere/\r\nContent-Length: 0\r\n\r\n"
+    async with answer_in_parts([], head) as url:
+        reply = await send_once(url)
+    assert reply.status == 302 and isinstance(reply.failure, Permanent), reply
 
 
 def test_scrub_blanks_out_the_payloads_own_values_quoted_back() -> None:

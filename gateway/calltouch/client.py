@@ -98,10 +98,22 @@ class CalltouchClient:
                 params=call.query or None, data=call.form, json=call.json,
                 headers=call.headers or None, timeout=self._timeout,
                 trace_request_ctx={"on_written": on_written},
+                allow_redirects=False,  # a redirect followed would be a call never paced
             ) as resp:
-                body = await resp.content.read(_MAX_ANSWER)
+                body = await _read_answer(resp.content)
                 return Reply(resp.status, body, http_failure(resp.status, resp.headers, body))
         except TimeoutError:
             return Reply(None, b"", Retry("timeout", "timed out"))
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             return Reply(None, b"", Retry("network_error", type(exc).__name__))
+
+
+async def _read_answer(content: aiohttp.StreamReader) -> bytes:
+    """The answer, up to 1 MiB. ``read(n)`` gives what has arrived so far, not ``n`` bytes: an
+    answer in several segments was cut at the first, and a delivered lead read as invalid."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < _MAX_ANSWER and (chunk := await content.read(_MAX_ANSWER - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
