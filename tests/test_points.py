@@ -10,12 +10,20 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from gateway.calltouch.answers import Defer, Delivered, Permanent, Retry, Verdict, http_failure
+from gateway.calltouch.answers import (
+    Convert,
+    Defer,
+    Delivered,
+    Permanent,
+    Retry,
+    Verdict,
+    http_failure,
+)
 from gateway.calltouch.client import Reply
 from gateway.config import ConfigError, from_env
 from gateway.config_points import parse_costs, parse_reserve
 from gateway.relay.ledger import DAY, HOUR, windows
-from gateway.relay.points import REFUSED, Budget, Points
+from gateway.relay.points import REFUSED, Budget, Points, Spend
 from gateway.sites import Site, Sites
 from gateway.upstream_gates import site_budgets
 
@@ -23,6 +31,8 @@ MOSCOW = ZoneInfo("Europe/Moscow")
 LEAD, DEAL = "lead", "deal.create"
 REGISTER, CREATE = "register", "client-order/create"
 OK: list[Verdict] = [Delivered("1")]
+ANSWERED = Reply(200, b"{}", None)
+DOWN = Reply(503, b"", Retry("server_error", "HTTP 503"))
 
 
 class Clock:
@@ -47,10 +57,16 @@ def points(clock: Clock, **budget: int | float | str) -> tuple[Points, list[tupl
 def spend(ledger: Points, kind: str, method: str, times: int) -> int:
     """Calls of ``kind`` while the ledger lets them go (at most ``times``); how many went."""
     sent = 0
-    while sent < times and ledger.take("shop", kind, method):
-        ledger.heard("shop", kind, method, OK)
+    while sent < times and (call := ledger.take("shop", kind, method)):
+        ledger.heard(call, ANSWERED, OK)
         sent += 1
     return sent
+
+
+def taken(ledger: Points, kind: str, method: str, site: str = "shop") -> Spend:
+    spent = ledger.take(site, kind, method)
+    assert spent is not None
+    return spent
 
 
 def refusal(status: int = 403, text: str = "Недостаточно баллов API") -> Reply:
@@ -109,17 +125,44 @@ def test_hours_and_days_are_the_sites_own() -> None:
 def test_calls_in_flight_count_and_a_failed_one_gives_its_points_back() -> None:
     clock = Clock(moscow(10, 59, 59))
     ledger, _ = points(clock, per_hour=50)
-    taken = [ledger.take("shop", DEAL, CREATE) for _ in range(12)]  # none answered yet
-    assert taken == [True] * 9 + [False] * 3
-    ledger.heard("shop", DEAL, CREATE, [Retry("server_error", "HTTP 503")])
+    calls = [ledger.take("shop", DEAL, CREATE) for _ in range(12)]  # none answered yet
+    assert [c is not None for c in calls] == [True] * 9 + [False] * 3
+    assert calls[0] is not None
+    ledger.heard(calls[0], DOWN, [Retry("server_error", "HTTP 503")])
     assert ledger.remaining("shop", HOUR) == 10
     assert ledger.take("shop", DEAL, CREATE)
+
+
+def test_a_call_calltouch_answered_stays_spent_whatever_its_items_say() -> None:
+    # An ERP re-sync: every deal of the create call already exists, and is sent as an update.
+    clock = Clock(moscow(10, 59, 59))
+    ledger, _ = points(clock, per_hour=1000)
+    ledger.heard(taken(ledger, DEAL, CREATE), ANSWERED, [Convert("deal.update")] * 100)
+    assert ledger.remaining("shop", HOUR) == 995
+
+
+def test_a_call_that_fails_after_its_hour_takes_nothing_from_the_new_one() -> None:
+    clock = Clock(moscow(10, 59, 59))
+    ledger, _ = points(clock, per_hour=1000, per_day=5000)
+    late = taken(ledger, DEAL, CREATE)  # in flight over the hour
+    clock.now = moscow(11, 0, 1).timestamp()
+    ledger.heard(taken(ledger, LEAD, REGISTER), ANSWERED, OK)
+    ledger.heard(late, DOWN, [Retry("server_error", "HTTP 503")])
+    assert ledger.remaining("shop", HOUR) == 999
+    assert ledger.remaining("shop", DAY) == 5000 - 1  # the day's call given back
+
+
+def test_a_daily_budget_alone_keeps_its_reserve_for_leads() -> None:
+    clock = Clock(moscow(23, 59, 59))
+    ledger, _ = points(clock, per_day=100, reserve=0.1)
+    assert spend(ledger, DEAL, REGISTER, 1000) == 90
+    assert spend(ledger, LEAD, REGISTER, 1000) == 10
 
 
 def test_a_site_without_budgets_is_never_held() -> None:
     ledger = Points({}, clock=Clock(moscow(10)))
     assert ledger.until("blog", DEAL, CREATE) is None
-    ledger.heard("blog", DEAL, CREATE, OK)
+    ledger.heard(taken(ledger, DEAL, CREATE, "blog"), ANSWERED, OK)
     assert math.isnan(ledger.remaining("blog", HOUR))
 
 
@@ -128,18 +171,16 @@ def test_a_refusal_holds_the_site_with_one_probe_every_interval() -> None:
     ledger, changes = points(clock, per_hour=9000)
     verdict = ledger.refused(refusal())
     assert isinstance(verdict, Defer) and verdict.code == REFUSED and verdict.delay == 300
-    assert ledger.take("shop", LEAD, REGISTER)
-    ledger.heard("shop", LEAD, REGISTER, [verdict])
+    ledger.heard(taken(ledger, LEAD, REGISTER), refusal(), [verdict])
     assert changes == [("shop", True)]
     assert ledger.until("shop", LEAD, REGISTER) == moscow(10, 25).timestamp()
     clock.now = moscow(10, 25).timestamp()
-    assert ledger.take("shop", LEAD, REGISTER)  # the probe
+    probe = taken(ledger, LEAD, REGISTER)
     assert not ledger.take("shop", DEAL, CREATE)  # only one
     assert ledger.until("shop", DEAL, CREATE) == moscow(10, 30).timestamp()
-    ledger.heard("shop", LEAD, REGISTER, [verdict])  # refused again
+    ledger.heard(probe, refusal(), [verdict])  # refused again
     clock.now = moscow(10, 30).timestamp()
-    assert ledger.take("shop", LEAD, REGISTER)
-    ledger.heard("shop", LEAD, REGISTER, OK)  # the probe passed
+    ledger.heard(taken(ledger, LEAD, REGISTER), ANSWERED, OK)  # the probe passed
     assert changes == [("shop", True), ("shop", False)]
     assert ledger.until("shop", DEAL, REGISTER) is None
 
@@ -149,8 +190,7 @@ def test_a_refusal_ends_with_the_hour() -> None:
     ledger, changes = points(clock, per_hour=9000)
     verdict = ledger.refused(refusal())
     assert verdict is not None
-    assert ledger.take("shop", LEAD, REGISTER)
-    ledger.heard("shop", LEAD, REGISTER, [verdict])
+    ledger.heard(taken(ledger, LEAD, REGISTER), refusal(), [verdict])
     assert ledger.until("shop", LEAD, REGISTER) == moscow(11).timestamp()  # not 11:03
     clock.now = moscow(11).timestamp()
     assert ledger.until("shop", LEAD, REGISTER) is None

@@ -29,7 +29,18 @@ from tests.support import (
     sandbox_config,
     sandbox_requests,
 )
-from tests.test_points import CREATE, DEAL, LEAD, OK, REGISTER, Clock, moscow, refusal, spend
+from tests.test_points import (
+    ANSWERED,
+    CREATE,
+    DEAL,
+    LEAD,
+    OK,
+    REGISTER,
+    Clock,
+    moscow,
+    refusal,
+    spend,
+)
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 
@@ -166,8 +177,9 @@ def refusable(clock: Clock) -> tuple[Points, list[bool]]:
 def refuse(ledger: Points) -> None:
     """A lead's call, refused by Calltouch for the site's points."""
     verdict = ledger.refused(refusal())
-    assert verdict is not None and ledger.take("shop", LEAD, REGISTER)
-    ledger.heard("shop", LEAD, REGISTER, [verdict])
+    spent = ledger.take("shop", LEAD, REGISTER)
+    assert verdict is not None and spent is not None
+    ledger.heard(spent, refusal(), [verdict])
 
 
 async def sync_all(pairs: Sequence[tuple[Points, Queue]]) -> None:
@@ -198,9 +210,9 @@ async def test_a_refusal_one_gateway_hears_holds_the_fleet_until_its_probe_passe
     assert prober.until("shop", LEAD, REGISTER) == moscow(10, 25).timestamp()
     assert other.until("shop", LEAD, REGISTER) == moscow(10, 25).timestamp() + FOLLOW
     clock.now = moscow(10, 25).timestamp()
-    assert prober.take("shop", LEAD, REGISTER)  # the probe
-    assert not other.take("shop", LEAD, REGISTER)
-    prober.heard("shop", LEAD, REGISTER, OK)  # it passed
+    probe = prober.take("shop", LEAD, REGISTER)
+    assert probe is not None and not other.take("shop", LEAD, REGISTER)
+    prober.heard(probe, ANSWERED, OK)  # it passed
     await sync_all(pairs)
     restarted, learned = refusable(clock)
     await restarted.sync(stores[1])

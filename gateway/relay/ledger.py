@@ -55,14 +55,27 @@ class Ledger:
         return True
 
     def add(self, kind: str, points: int) -> None:
-        # A call given back after its hour or day ended is not taken from the new one.
-        self.hour = max(0, self.hour + points)
-        self.day = max(0, self.day + points)
+        self.hour += points
+        self.day += points
         self.unsent_hour += points
         self.unsent_day += points
         if urgency(kind) != 0:
-            self.bulk = max(0, self.bulk + points)
+            self.bulk += points
             self.unsent_bulk += points
+
+    def give_back(self, kind: str, points: int, hour_end: float, day_end: float) -> None:
+        """Points taken for a call Calltouch did not take: from the windows they were taken
+        from only, so a call that failed after its hour ended takes nothing from the new one.
+        The floor at zero is for a store's total read meanwhile without them."""
+        if hour_end == self.hour_end:
+            self.hour = max(0, self.hour - points)
+            self.unsent_hour -= points
+            if urgency(kind) != 0:
+                self.bulk = max(0, self.bulk - points)
+                self.unsent_bulk -= points
+        if day_end == self.day_end:
+            self.day = max(0, self.day - points)
+            self.unsent_day -= points
 
     def unsent(self, site: str) -> tuple[Tally, Tally]:
         return (Tally(site, HOUR, self.hour_end, self.unsent_hour, self.unsent_bulk,

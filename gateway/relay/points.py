@@ -66,8 +66,20 @@ class Budget:
 
     @property
     def reserved(self) -> int:
-        """Points of each hour (and of the day's last) that only leads may spend."""
-        return math.ceil((self.per_hour or 0) * self.reserve)
+        """Points of each hour (and of the day's last) that only leads may spend; of the
+        day, for a site given only a daily budget."""
+        return math.ceil((self.per_hour or self.per_day or 0) * self.reserve)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A call's points, taken as it left, and the hour and day they were taken from."""
+
+    site: str
+    kind: str
+    points: int
+    hour_end: float
+    day_end: float
 
 
 class Book(Protocol):
@@ -137,17 +149,18 @@ class Points:
         ledger = self._ledger(site, self._clock())
         return float(max(0, limit - (ledger.hour if window == HOUR else ledger.day)))
 
-    def take(self, site: str, kind: str, method: str) -> bool:
+    def take(self, site: str, kind: str, method: str) -> Spend | None:
         """Reserve a call's points as it leaves (calls in flight count, or a burst of them
-        would overspend); ``False``: it may not go after all. While the site is refused for
+        would overspend); ``None``: it may not go after all. While the site is refused for
         points, the call that leaves is the probe."""
         if self.until(site, kind, method) is not None:
-            return False
+            return None
         ledger = self._ledger(site, self._clock())
         if ledger.refused_until is not None:
             ledger.probe_at = self._clock() + self._probe_every
-        ledger.add(kind, self.cost(method))
-        return True
+        cost = self.cost(method)
+        ledger.add(kind, cost)
+        return Spend(site, kind, cost, ledger.hour_end, ledger.day_end)
 
     def refused(self, reply: Reply) -> Defer | None:
         """The verdict of every job of a call Calltouch refused for points; else ``None``."""
@@ -159,22 +172,22 @@ class Points:
             return None
         return Defer(REFUSED, f"HTTP {reply.status}: {redact(text)}", self._probe_every)
 
-    def heard(self, site: str, kind: str, method: str, verdicts: Sequence[Verdict]) -> None:
-        """What a call taken for ``site`` got back: its points stay spent if Calltouch took
-        the call (whatever its items say), else they are given back."""
+    def heard(self, spend: Spend, reply: Reply, verdicts: Sequence[Verdict]) -> None:
+        """What a call got back: its points stay spent if Calltouch took the call (a 2xx,
+        whatever its items say, or an error answer that still took an item), else they are
+        given back to the hour and day they were taken from."""
         now = self._clock()
-        ledger = self._ledger(site, now)
-        cost = self.cost(method)
-        if any(isinstance(v, Delivered) for v in verdicts):
+        ledger = self._ledger(spend.site, now)
+        if reply.failure is None or any(isinstance(v, Delivered) for v in verdicts):
             if ledger.refused_until is not None:
                 ledger.resumed_at = now
-            self._resume(site, ledger, "a call passed")
-            self._on_spent(site, cost)
+            self._resume(spend.site, ledger, "a call passed")
+            self._on_spent(spend.site, spend.points)
             return
-        ledger.add(kind, -cost)
-        if any(isinstance(v, Defer) and v.code == REFUSED for v in verdicts):
+        ledger.give_back(spend.kind, spend.points, spend.hour_end, spend.day_end)
+        if self.refused(reply) is not None:
             ledger.refused_at = now
-            self._refuse(site, ledger, now + self._probe_every, "")
+            self._refuse(spend.site, ledger, now + self._probe_every, "")
 
     async def sync(self, book: Book) -> None:
         """Add what this process spent since the last sync to the store, and take every

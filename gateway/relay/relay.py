@@ -27,7 +27,7 @@ from gateway.ops.metrics import Metrics
 from gateway.queue import Back, Job, Queue
 from gateway.relay.gates import Gate, Ticket, abandon, admit_all, urgency
 from gateway.relay.pacing import backoff
-from gateway.relay.points import Points
+from gateway.relay.points import Points, Spend
 from gateway.relay.settle import Settler
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,11 @@ class Relay:
     async def _next_call(self, sender: Sender) -> None:
         """Wait for work of the sender's kind that may go now, and start a call of it."""
         urgent = urgency(sender.kind) == 0
+        busy = sender.kind in self._urgent_busy
+        if busy and not await self._queue.wait_for_work(sender.kind, 0, self._served):
+            # What was visible went to another gateway of the fleet: the batch kinds need
+            # not wait for this one's next lead.
+            self._set_urgent(sender.kind, busy=False)
         if not await self._queue.wait_for_work(sender.kind, IDLE_SECONDS, self._served):
             return
         sites = await self._open_sites(sender)
@@ -263,13 +268,15 @@ class Relay:
                 abandon(tickets, time.monotonic())
         if call is None:
             return False
-        if self._points is not None and not self._points.take(jobs[0].site, sender.kind,
-                                                              sender.method):
-            abandon(tickets, time.monotonic())  # another call took the site's last points
-            for job in jobs:
-                await self._queue.release(job)
-            return False
-        task = asyncio.create_task(self._deliver(sender, jobs, call, tickets))
+        spend = None
+        if self._points is not None:
+            spend = self._points.take(jobs[0].site, sender.kind, sender.method)
+            if spend is None:
+                abandon(tickets, time.monotonic())  # another call took the site's last points
+                for job in jobs:
+                    await self._queue.release(job)
+                return False
+        task = asyncio.create_task(self._deliver(sender, jobs, call, tickets, spend))
         self._inflight[task] = jobs
         task.add_done_callback(self._done)
         return True
@@ -323,7 +330,8 @@ class Relay:
                 await self._queue.release(job)
 
     async def _deliver(
-        self, sender: Sender, jobs: list[Job], call: Call, tickets: list[Ticket]
+        self, sender: Sender, jobs: list[Job], call: Call, tickets: list[Ticket],
+        spend: Spend | None,
     ) -> None:
         started = time.monotonic()
 
@@ -338,8 +346,8 @@ class Relay:
         for ticket in tickets:
             ticket.answered(reply)
         verdicts = self._verdicts(sender, reply, jobs)
-        if self._points is not None:
-            self._points.heard(jobs[0].site, sender.kind, sender.method, verdicts)
+        if self._points is not None and spend is not None:
+            self._points.heard(spend, reply, verdicts)
         self._count_call(sender.method, verdicts, time.monotonic() - started)
         await self._settler.settle(jobs, verdicts)
 
