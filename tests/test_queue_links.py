@@ -32,7 +32,7 @@ from gateway.queue import (
     open_queue,
     postgres_links,
 )
-from gateway.queue.base import PARENT_DEAD, Link
+from gateway.queue.base import PARENT_DEAD, Link, Quarantined
 from gateway.queue.sqlite_schema import path_from_url
 from tests.support import eventually
 
@@ -222,6 +222,28 @@ async def test_a_job_held_for_a_dead_one_dies_when_that_ones_payload_is_purged(
     assert (stats.counts[State.HELD], stats.counts[State.DEAD]) == (0, 2)
     assert await queue.lease("comment", 10, T0 + 1000, 30) == []
     assert (await queue.purge(T0 + 1000, T0 + 1000, 10)).dead == 0  # counted once
+
+
+@pytest.mark.parametrize("drop", ["retention", "cap"])
+async def test_what_waits_for_spam_dies_when_that_spam_is_purged(
+    queue: Queue, url: str, drop: str
+) -> None:
+    # A CRM names a lead the gateway scored spam: its deal waits for a release that may come.
+    lead = Quarantined("spam-1", Put("lead", b'{"lead": 1}', "rn-1"), "score=4", T0)
+    assert await queue.quarantine([lead], keep=100) == 0
+    create = await queue.append(Link("d-1", Put("create", b"c", "d-1", after="spam-1"),
+                                     deal("d-1", b"c").next), T0 + 2)
+    update = await queue.append(deal("d-1", b"u1"), T0 + 3)
+    assert (create.status.state, update.status.state) == (State.HELD, State.HELD)
+    if drop == "retention":
+        assert await queue.purge_spam(T0 + 1, 10) == 1
+    else:  # the quarantine's cap drops the oldest spam
+        later = Quarantined("spam-2", Put("lead", b'{"lead": 2}', "rn-2"), "score=4", T0 + 4)
+        assert await queue.quarantine([later], keep=1) == 1
+    assert await queue.status("spam-1") is None
+    for job_id in (create.status.id, update.status.id):
+        await assert_dead_for_its_parent(queue, url, job_id)
+    assert (await queue.stats()).counts[State.HELD] == 0
 
 
 async def test_what_waits_down_a_chain_for_a_purged_dead_job_is_dead_too(

@@ -6,6 +6,7 @@ and its triggers (counts, notifications) take their locks last, in key order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +84,8 @@ WITH replayed AS (
 _REPLAY_ALL = _REPLAY + "RETURNING 1) SELECT count(*) FROM replayed"
 _REPLAY_IDS = _REPLAY + "AND id = ANY($2::text[]) RETURNING 1) SELECT count(*) FROM replayed"
 # jobs_purge's own terms first, so that the planner of a generic plan still sees the index.
-# A CTE, run once (see _SPAM_DROP); its rows stay locked until the update.
+# A CTE, run once: as an IN (subquery) the planner may run the LIMIT ... SKIP LOCKED again
+# for each row, each time past the rows already locked. Its rows stay locked until the update.
 _PURGE = """
 WITH batch AS MATERIALIZED (
     SELECT id FROM jobs WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL
@@ -92,7 +94,8 @@ WITH batch AS MATERIALIZED (
 )
 UPDATE jobs SET payload = NULL FROM batch WHERE jobs.id = batch.id
 """
-# What waited for the dead jobs just purged, and what waited for those, down the links: it
+# What waited for the dead jobs just purged (or the spam about to be), and what waited for
+# those, down the links: it
 # is dead from when its wait became hopeless (the later of its put and its parent's death).
 # ``state = 'held'`` is checked again on the row to update, should an ack have moved it.
 _BURY_ORPHANS = """
@@ -262,14 +265,10 @@ FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::text[], $6::t
 ON CONFLICT (id) DO NOTHING
 """
 _SPAM_HELD = "SELECT coalesce(sum(n), 0) FROM job_counts WHERE state = 'spam'"
-# The oldest first, by jobs_spam. A CTE, run once: as an IN (subquery) the planner may run
-# the LIMIT ... SKIP LOCKED again for each row, each time past the rows already locked.
-_SPAM_DROP = """
-WITH doomed AS MATERIALIZED (
-    SELECT id FROM jobs WHERE state = 'spam' AND created_at < $1
-    ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
-)
-DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id
+# The oldest first, by jobs_spam; locked, so that two gateways' drops never meet.
+_SPAM_OLDEST = """
+SELECT id FROM jobs WHERE state = 'spam' AND created_at < $1
+ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
 """
 _SPAM_LIST = (
     f"SELECT {STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= $1"
@@ -292,7 +291,7 @@ async def quarantine(conn: Conn, items: Sequence[Quarantined], keep: int) -> int
         excess = int(await conn.fetchval(_SPAM_HELD)) - keep
         if excess <= 0:
             return 0
-        return _count(await conn.execute(_SPAM_DROP, float("inf"), excess))
+        return await _drop_spam(conn, math.inf, excess)
 
 
 async def spam(conn: Conn, limit: int, since: float | None) -> list[Status]:
@@ -313,4 +312,15 @@ async def release_spam(
 
 
 async def purge_spam(conn: Conn, before: float, limit: int) -> int:
-    return _count(await conn.execute(_SPAM_DROP, before, limit))
+    async with conn.transaction():
+        return await _drop_spam(conn, before, limit)
+
+
+async def _drop_spam(conn: Conn, before: float, limit: int) -> int:
+    """Delete up to ``limit`` spam put before ``before``, the oldest first. What was queued
+    behind one (a deal naming a lead scored spam) is buried first: it waits for nothing now."""
+    doomed = [str(r[0]) for r in await conn.fetch(_SPAM_OLDEST, before, limit)]
+    if not doomed:
+        return 0
+    await _bury_orphans(conn, doomed)
+    return _count(await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", doomed))

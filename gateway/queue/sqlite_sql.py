@@ -7,6 +7,7 @@ transaction where they need one, and the reading ones on its reader thread.
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -57,12 +58,14 @@ _PURGE = (
     " WHERE state IN ('delivered', 'dead') AND payload IS NOT NULL"
     " AND state = ? AND done_at < ? LIMIT ?)"
 )
-# What waited for the dead jobs just purged, and what waited for those, down the links: it
-# is dead from when its wait became hopeless (the later of its put and its parent's death).
+# What waited for the dead jobs just purged (or the spam about to be), and what waited for
+# those, down the links: it is dead from when its wait became hopeless (the later of its put
+# and its parent's death; spam never died, and SQLite's max() of a NULL is NULL).
 # The anchor and the step name jobs_held's terms, so each walks that index, not the table.
 _BURY_ORPHANS = """
 WITH RECURSIVE orphans (id, done_at) AS (
-    SELECT h.id, max(h.created_at, p.done_at) FROM jobs AS p JOIN jobs AS h ON h.after = p.id
+    SELECT h.id, max(h.created_at, coalesce(p.done_at, 0)) FROM jobs AS p
+    JOIN jobs AS h ON h.after = p.id
     WHERE p.id IN (SELECT value FROM json_each(?)) AND h.state = 'held'
     UNION
     SELECT h.id, max(h.created_at, o.done_at) FROM orphans AS o JOIN jobs AS h ON h.after = o.id
@@ -271,15 +274,13 @@ def _runs(items: Sequence[T]) -> Iterator[Sequence[T]]:
 
 
 # Each of these names the terms of jobs_spam's WHERE, so the planner walks that index.
-_SPAM_OLDEST = "SELECT rowid FROM jobs WHERE state = 'spam' ORDER BY created_at LIMIT ?"
+_SPAM_OLDEST = (
+    "SELECT id FROM jobs WHERE state = 'spam' AND created_at < ? ORDER BY created_at LIMIT ?"
+)
 _SPAM_LIST = f"SELECT {STATUS_COLS} FROM jobs WHERE state = 'spam' AND created_at >= ?"
 _SPAM_RELEASE = (
     "UPDATE jobs SET state = 'ready', visible_at = ?, last_error = NULL"
     " WHERE state = 'spam' AND payload IS NOT NULL"
-)
-_SPAM_PURGE = (
-    "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE state = 'spam'"
-    " AND created_at < ? ORDER BY created_at LIMIT ?)"
 )
 
 
@@ -297,7 +298,7 @@ def quarantine(conn: sqlite3.Connection, items: Sequence[Quarantined], keep: int
     excess = int(held.fetchone()[0]) - keep
     if excess <= 0:
         return 0
-    return conn.execute(f"DELETE FROM jobs WHERE rowid IN ({_SPAM_OLDEST})", (excess,)).rowcount
+    return _drop_spam(conn, math.inf, excess)
 
 
 def spam(conn: sqlite3.Connection, limit: int, since: float | None) -> list[Status]:
@@ -318,4 +319,14 @@ def release_spam(
 
 
 def purge_spam(conn: sqlite3.Connection, before: float, limit: int) -> int:
-    return conn.execute(_SPAM_PURGE, (before, limit)).rowcount
+    return _drop_spam(conn, before, limit)
+
+
+def _drop_spam(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete up to ``limit`` spam put before ``before``, the oldest first. What was queued
+    behind one (a deal naming a lead scored spam) is buried first: it waits for nothing now."""
+    doomed = orjson.dumps([row[0] for row in conn.execute(_SPAM_OLDEST, (before, limit))])
+    conn.execute(_BURY_ORPHANS, (doomed.decode(), PARENT_DEAD)).fetchall()
+    return conn.execute(
+        "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (doomed.decode(),)
+    ).rowcount
