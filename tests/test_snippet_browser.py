@@ -285,6 +285,24 @@ async def test_form_inserted_after_load(
     assert tab.errors == []
 
 
+@pytest.mark.parametrize("contact", ["тел. 8 920 555 00 55", "8\u2013920\u2013555\u201300\u201355"])
+async def test_a_phone_the_gateway_would_refuse_goes_as_a_custom_field(
+    open_page: Opener, http: aiohttp.ClientSession, sandbox: SandboxThread, contact: str
+) -> None:
+    # Sent as the phone, it was answered 422 and the name went with it.
+    tab = await open_page("/later.html")
+    await tab.page.wait_for_selector("#order")
+    await tab.page.fill("[name=customer_name]", "Ivan Petrov")
+    await tab.page.fill("[name=contact]", contact)
+    await tab.page.click("#order button")
+    await tab.page.wait_for_selector("text=Thank you")
+
+    [form] = await received(http, sandbox, 1)
+    assert form["fio"] == "Ivan Petrov" and "phoneNumber" not in form
+    assert custom(form) == {"contact": contact}
+    assert tab.errors == []
+
+
 async def fill_delayed(tab: Tab, form: str) -> None:
     await tab.page.fill(f"#{form} [name=name]", "Ivan Petrov")
     await tab.page.fill(f"#{form} [name=phone]", "+7 920 555-00-55")

@@ -145,12 +145,13 @@
     };
 
     // Whether a value can be what its kind says: a contact the gateway would refuse is kept as a
-    // custom field instead (a Russian phone: 10 digits, or 11 with the leading 7 or 8, among any
-    // other characters).
+    // custom field instead, so the rest of the lead still goes (a Russian phone: 10 digits, or
+    // 11 with the leading 7 or 8, among spaces, brackets, "+", "-" and "." only, as the gateway
+    // takes it).
     const plausible = (kind, value) =>
       kind == "email"
         ? /^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$/.test(value)
-        : kind != "phoneNumber" || /^\D*[78]?\D*(\d\D*){10}$/.test(value);
+        : kind != "phoneNumber" || /^[ ()+.-]*[78]?([ ()+.-]*\d){10}[ ()+.-]*$/.test(value);
 
     // Fields that never leave the page, judged by name (or by the NAME of custom:NAME), camelCase
     // split into words first (smsCode is "sms Code"). Anywhere in the name: passwords, card
