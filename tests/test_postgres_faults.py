@@ -30,6 +30,7 @@ from tests.support import (
 OUTAGE = 10.0  # seconds the server is away
 BURST = 120  # leads acknowledged before the outage: some 24 s of drain at 5/s
 LEASE_TIMEOUT = 20.0
+TOKEN = "pg-outage-token-0123456789"
 IN_FLIGHT = 0.5  # a send granted and leased before the stop reaches the sandbox within this
 
 
@@ -98,6 +99,7 @@ async def test_postgresql_stopped_mid_burst_gives_503s_sends_nothing_and_loses_n
         "CTGW_LISTEN": "127.0.0.1:0",
         "CTGW_OPS_LISTEN": "127.0.0.1:0",
         "CTGW_LEASE_TIMEOUT": f"{LEASE_TIMEOUT:.0f}s",
+        "CTGW_API_TOKENS": TOKEN,
     })
     processes.append(gateway)
     acked: set[str] = set()
@@ -129,6 +131,9 @@ async def test_postgresql_stopped_mid_burst_gives_503s_sends_nothing_and_loses_n
         return any(sent > stopped and status == 503 for sent, status, _ in trickle.answers)
 
     await eventually(refused_while_away, timeout=OUTAGE / 2)
+    async with http.get(f"{url}/api/v1/leads/x", headers={"Authorization": f"Bearer {TOKEN}"}) \
+            as resp:  # a status cannot be read either: 503 too, not a 500
+        assert (resp.status, (await resp.json())["error"]) == (503, "queue_unavailable")
     await asyncio.sleep(max(0.0, stop_began + OUTAGE - time.monotonic()))  # the outage itself
     start_began = time.monotonic()
     at_restart = await sandbox_requests(http, sandbox_url)

@@ -81,6 +81,14 @@ async def test_a_batch_of_any_size_answers_each_put_and_keeps_the_first_of_a_key
     assert sorted(j.payload for j in leased) == sorted([b"{}"] + [p.payload for p in puts[:1021]])
 
 
+async def test_a_key_no_job_can_hold_finds_nothing(queue: Queue) -> None:
+    # A NUL from a URL's %00: PostgreSQL text cannot hold one, and asking it was an error.
+    await put(queue, key="k")
+    assert await queue.status("x\x00") is None
+    assert await queue.find("default", "lead", "k\x00") is None
+    assert await queue.chain("default", "d\x00") == []
+
+
 async def test_lease_hides_the_job_until_it_expires(queue: Queue) -> None:
     await put(queue)
     [job] = await queue.lease("lead", 10, T0, 30)

@@ -83,7 +83,11 @@ class Intake:
 
     async def status(self, request: web.Request) -> web.Response:
         allowed = self.authorise(request)
-        status = await self.queue.status(request.match_info["id"])
+        try:
+            status = await self.queue.status(request.match_info["id"])
+        except (QueueError, ConnectionError):
+            log.exception("queue unavailable: a lead's status was not read")
+            raise BadRequest("queue_unavailable", "cannot read it now; retry", 503) from None
         if status is None or status.kind != leads.KIND or status.site not in allowed:
             raise BadRequest("not_found", "no lead with this id", status=404)
         shown = status.as_dict()

@@ -72,6 +72,9 @@ def guarded() -> Iterator[None]:
         raise QueueError(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
 
+_NUL = "\x00"
+
+
 async def _connect(url: str) -> Any:
     return await asyncpg.connect(url, server_settings=SESSION_SETTINGS, timeout=CONNECT_SECONDS)
 
@@ -161,9 +164,13 @@ class PostgresQueue(Settling):
         return await self._run(lambda conn: links.backlog(conn, kind, now, limit, sites))
 
     async def find(self, site: str, kind: str, dedup_key: str) -> Status | None:
+        if _NUL in dedup_key:  # PostgreSQL text cannot hold one: no job has it, and asking fails
+            return None
         return await self._run(lambda conn: links.find(conn, site, kind, dedup_key))
 
     async def chain(self, site: str, chain: str) -> list[Status]:
+        if _NUL in chain:
+            return []
         return await self._run(lambda conn: links.chain(conn, site, chain))
 
     async def _commit_puts(self, rows: list[sql.Row]) -> list[PutResult]:
@@ -194,6 +201,8 @@ class PostgresQueue(Settling):
 
 
     async def status(self, job_id: str) -> Status | None:
+        if _NUL in job_id:
+            return None
         return await self._run(lambda conn: sql.status(conn, job_id))
 
     async def dead(self, limit: int) -> list[Status]:
