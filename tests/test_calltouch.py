@@ -238,6 +238,40 @@ async def test_a_redirect_is_not_followed_behind_the_pacers_back() -> None:
     assert reply.status == 302 and isinstance(reply.failure, Permanent), reply
 
 
+async def test_a_call_without_a_body_is_stamped_when_written_not_when_answered() -> None:
+    """A deals 1.0 update is a GET: stamped only at its answer, it held its pace slot (and the
+    grant five calls later) for the whole round trip."""
+    stamps: list[float] = []
+    arrived, answer = asyncio.Event(), asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await answer.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    call = Call("GET", "/calls-service/RestAPI/orders/update-by-id/", query={"id": "1"})
+    try:
+        async with upstream_session(aiohttp.TCPConnector()) as session:
+            client = CalltouchClient(session, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                     timeout=5.0)
+            started = time.monotonic()
+            sending = asyncio.create_task(client.send(call, stamps.append))
+            await arrived.wait()
+            await asyncio.sleep(0)  # the stamp's turn, queued before the server read the request
+            stamped = list(stamps)
+            answer.set()
+            reply = await sending
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert reply.status == 200
+    assert len(stamped) == 1 and started <= stamped[0], stamped
+
+
 def test_scrub_blanks_out_the_payloads_own_values_quoted_back() -> None:
     payload = orjson.dumps({"fio": " Анастасия Прекрасная ", "status": "new",
                             "customFields": [{"name": "kid", "value": "Серафим"}]})

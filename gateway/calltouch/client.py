@@ -51,6 +51,15 @@ async def _on_body_sent(
         asyncio.get_running_loop().call_soon(_stamp, on_written)
 
 
+async def _on_headers_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
+) -> None:
+    # A request without a body (a deals 1.0 GET) has no chunk: its headers are written just
+    # after this hook, in the same step of the task, so the next turn's stamp follows them.
+    if (ctx.trace_request_ctx or {}).get("bodyless"):
+        await _on_body_sent(session, ctx, params)
+
+
 def _stamp(on_written: OnWritten) -> None:
     on_written(time.monotonic())
 
@@ -61,10 +70,12 @@ def trace_config() -> aiohttp.TraceConfig:
     ``on_request_headers_sent`` fires when the headers are only buffered; they leave with the
     body. So the first body chunk is the moment Calltouch's clock can start. The hook runs just
     before that write, in the same step of the task; the stamp is taken on the loop's next
-    turn, after it, so a stamp is never earlier than the write it stands for.
+    turn, after it, so a stamp is never earlier than the write it stands for. A request without
+    a body is stamped the same way from its headers' hook, which it leaves right after.
     """
     config = aiohttp.TraceConfig()
     config.on_request_chunk_sent.append(_on_body_sent)
+    config.on_request_headers_sent.append(_on_headers_sent)
     return config
 
 
@@ -97,7 +108,9 @@ class CalltouchClient:
                 call.method, self._base + call.path,
                 params=call.query or None, data=call.form, json=call.json,
                 headers=call.headers or None, timeout=self._timeout,
-                trace_request_ctx={"on_written": on_written},
+                trace_request_ctx={
+                    "on_written": on_written, "bodyless": call.form is None and call.json is None,
+                },
                 allow_redirects=False,  # a redirect followed would be a call never paced
             ) as resp:
                 body = await _read_answer(resp.content)
