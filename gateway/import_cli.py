@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(TOKEN_VARIABLE, "required: an API token of the gateway (CTGW_API_TOKENS)")
     stream = sys.stdin.buffer if args.file == "-" else _open(args.file)
     with stream:
-        total = None if args.file == "-" else _count_lines(args.file)
+        total = _count_lines(stream)
         progress = asyncio.run(_post_all(stream, args.file, args.url, args.ops_url, token,
                                          total))
     if sys.stderr.isatty():
@@ -117,9 +117,14 @@ def _open(path: str) -> IO[bytes]:
         raise ConfigError(path, f"cannot read it: {exc.strerror or exc}") from None
 
 
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+def _count_lines(stream: IO[bytes]) -> int | None:
+    """The file's lines, for the progress line; ``None`` for a pipe (``<(zcat …)``, stdin),
+    which can be read once only."""
+    if not stream.seekable():
+        return None
+    total = sum(1 for line in stream if line.strip())
+    stream.seek(0)
+    return total
 
 
 def _stopped(progress: Progress, problem: str, option: str = "--url") -> ConfigError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,28 @@ async def test_an_import_queues_every_deal_once_and_again_adds_nothing(
     again = await asyncio.to_thread(run)
     assert f"accepted 0, merged {DEALS}, rejected 0" in again, again
     assert await held_jobs(quiet) == DEALS  # nothing new queued
+
+
+async def test_an_import_reads_a_pipe_once(
+    start_gateway: Callable[[Settings], Awaitable[Gateway]], queue_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # `deals import <(zcat deals.ndjson.gz)`: the count of lines read the pipe to its end.
+    gw = await start_gateway(dataclasses.replace(queue_settings, access_token="sandbox-token",
+                                                 calltouch_url="http://127.0.0.1:9"))
+    fifo = tmp_path / "deals.pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as pipe:  # opens once the CLI reads it
+            pipe.writelines(orjson.dumps(deal(n)).decode() + "\n" for n in range(30))
+
+    feeding = asyncio.create_task(asyncio.to_thread(feed))
+    done = await asyncio.to_thread(cli, "deals", "import", str(fifo), "--url", gw.url,
+                                   cwd=tmp_path, CTGW_IMPORT_TOKEN=TOKEN)
+    await feeding
+    assert done.returncode == 0, done
+    assert "sent 30, accepted 30, merged 0, rejected 0" in done.stdout, done.stdout
 
 
 async def test_an_import_lists_the_bad_lines_by_their_line_in_the_file(
