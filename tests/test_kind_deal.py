@@ -731,6 +731,25 @@ def test_the_same_deal_posted_again_queues_nothing() -> None:
         "orderNumber": "A", "revenue": "20.00", STATUS_SEEN: "01-02-2026 10:00:00"}
 
 
+def test_the_same_status_posted_again_with_the_gateways_date_queues_nothing() -> None:
+    # Given without a statusDate, a status is dated when it is posted: each post another date.
+    first = {"orderNumber": "A", "status": "new", "statusDate": "01-02-2026 10:00:00"}
+    again = {**first, "statusDate": "01-02-2026 10:05:00"}
+    assert follow(orjson.dumps(first), orjson.dumps(again)) is None
+    moved = follow(orjson.dumps(first), orjson.dumps({**again, "status": "paid"}))
+    assert moved is not None and orjson.loads(moved)["statusDate"] == "01-02-2026 10:05:00"
+
+
+def test_a_comment_posted_again_while_queued_is_joined_once() -> None:
+    def post(comment: str) -> bytes:
+        return orjson.dumps({"orderNumber": "A", "comment": comment})
+
+    queued = merge(merge(post("paid by card"), post("paid by card")), post("paid by card"))
+    assert orjson.loads(queued)["comment"] == "paid by card"
+    twice = merge(merge(queued, post("deliver")), post("deliver"))
+    assert orjson.loads(twice)["comment"] == "paid by card\ndeliver"
+
+
 def test_now_defaults_to_the_clock() -> None:
     before = datetime.now(MOSCOW).replace(microsecond=0)
     fields = validate({"orderNumber": "A", "status": "s"}, MOSCOW).fields

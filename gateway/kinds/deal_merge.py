@@ -44,9 +44,10 @@ def merge(queued: bytes, new: bytes) -> bytes:
     """One payload of ``queued`` and a later ``new`` of the same deal, still unsent.
 
     A field given later wins, but an older status never replaces a newer one; tags add up,
-    comments join, custom fields merge by name. The lead marker is kept when either has it:
-    it matches by the requestId of the lead the job waits for, so it does nothing on a job
-    that waits for none, and a revived create waits for the lead the new post names.
+    comments join (a repeat of the last adds nothing), custom fields merge by name. The lead
+    marker is kept when either has it: it matches by the requestId of the lead the job waits
+    for, so it does nothing on a job that waits for none, and a revived create waits for the
+    lead the new post names.
     """
     old, later = orjson.loads(queued), orjson.loads(new)
     later.pop(STATUS_SEEN, None)
@@ -57,12 +58,19 @@ def merge(queued: bytes, new: bytes) -> bytes:
     if "tags" in old and "tags" in later:
         merged["tags"] = list(dict.fromkeys([*old["tags"], *later["tags"]]))
     if "comment" in old and "comment" in later:
-        merged["comment"] = old["comment"] + "\n" + later["comment"]
+        merged["comment"] = _joined(old["comment"], later["comment"])
     if "customFields" in old and "customFields" in later:
         merged["customFields"] = {**old["customFields"], **later["customFields"]}
     if "matching" in merged:
         merged.pop("fallback", None)
     return orjson.dumps(merged)
+
+
+def _joined(comment: str, later: str) -> str:
+    """``later`` after ``comment``, unless it is the last one joined: the same post twice."""
+    if comment == later or comment.endswith("\n" + later):
+        return comment
+    return comment + "\n" + later
 
 
 def follow(previous: bytes | None, new: bytes) -> bytes | None:
@@ -88,9 +96,13 @@ def follow(previous: bytes | None, new: bytes) -> bytes | None:
 
 
 def _drop_unchanged(old: Mapping[str, Any], later: dict[str, Any]) -> None:
-    """Leave out what ``old`` already said: the same file posted twice queues nothing."""
+    """Leave out what ``old`` already said: the same file posted twice queues nothing. A
+    status date goes only with a new status: the gateway dates a status given without one
+    when it is posted, so the same status posted again comes with a later date."""
     for name in [n for n in later if n != "orderNumber" and old.get(n) == later[n]]:
         del later[name]
+    if "status" not in later:
+        later.pop("statusDate", None)
     if isinstance(later.get("tags"), list) and isinstance(old.get("tags"), list):
         later["tags"] = [tag for tag in later["tags"] if tag not in old["tags"]] or None
     if isinstance(later.get("customFields"), dict) and isinstance(old.get("customFields"), dict):
