@@ -96,7 +96,7 @@ def store_label(url: str, *, create: bool) -> str:
     """
     parts = urlsplit(url)
     if parts.scheme != "sqlite":  # a server: nothing to check here, and no password shown
-        return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     path = path_from_url(url).resolve()
     if create:
         if not path.parent.exists():
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ct-gateway: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ct-gateway dead list | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and no error at exit
+        return 1
     return 0
 
 

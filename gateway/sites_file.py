@@ -97,6 +97,8 @@ def _read_toml(path: str) -> dict[str, object]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(path, str(exc)) from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise SitesError(path, "nested too deep to be a sites file") from None
 
 
 def _toml_error(path: str, message: str) -> SitesError:

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import orjson
@@ -19,7 +20,7 @@ import pytest
 
 import gateway
 from gateway.__main__ import store_label
-from gateway.queue import Put, open_queue
+from gateway.queue import Put, Queue, open_queue
 from tests.support import LOG_LINES, PII_SAMPLES, Process, lead
 
 STORE_COMMANDS = [("queue", "stats"), ("dead", "list"), ("dead", "replay", "--all")]
@@ -258,8 +259,22 @@ def test_serve_help_names_the_environment(tmp_path: Path) -> None:
         assert variable in text
 
 
+def test_a_store_listing_cut_short_by_its_reader_is_no_traceback(tmp_path: Path) -> None:
+    # `ct-gateway queue stats | head`: here the reader is gone before the first line is written.
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    asyncio.run(_closed(open_queue(db)))
+    shell = f"{sys.executable} -m gateway queue stats | true"
+    done = subprocess.run(["sh", "-c", shell], env=clean_env(CTGW_QUEUE=db), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stderr == "", done.stderr
+
+
+async def _closed(opening: Awaitable[Queue]) -> None:
+    await (await opening).close()
+
+
 def test_a_server_store_is_named_without_its_password() -> None:
     # No file to check on this machine for a server's store; its credentials are never shown.
     url = "postgresql://ctgw:s3cret-pass@db.internal:5432/ctgw"
     for create in (True, False):
-        assert store_label(url, create=create) == "postgresql://db.internal/ctgw"
+        assert store_label(url, create=create) == "postgresql://db.internal:5432/ctgw"

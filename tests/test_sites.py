@@ -437,6 +437,14 @@ def test_not_utf8(tmp_path: Path) -> None:
     assert str(caught.value) == f"CTGW_SITES: {path}: not UTF-8 text (byte {len(SITE) + 16})"
 
 
+def test_nested_too_deep(tmp_path: Path) -> None:
+    path = tmp_path / "sites.toml"
+    path.write_text(SITE + "deep = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    with pytest.raises(SitesError) as caught:
+        load_sites(str(path), {})
+    assert str(caught.value) == f"CTGW_SITES: {path}: nested too deep to be a sites file"
+
+
 def test_without_a_sites_file_one_default_site_serves_every_host_and_token() -> None:
     from gateway.config import Settings
     from gateway.sites import single_site
