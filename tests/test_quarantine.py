@@ -10,12 +10,14 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 
 from gateway.config import Settings
 from gateway.config_values import BotWeights
-from gateway.queue import State, open_queue
+from gateway.intake.quarantine import Quarantine
+from gateway.queue import Put, Quarantined, State, open_queue
 from gateway.sandbox.run import SandboxThread
 from tests.support import LOG_LINES, PII_SAMPLES, Gateway, child_env, eventually, lead
 
@@ -110,3 +112,35 @@ async def test_a_flood_of_200000_spam_posts_keeps_the_store_under_the_cap(
     finally:
         await reader.close()
     assert not any(s in line for line in LOG_LINES for s in PII_SAMPLES)
+
+
+def spam(n: int) -> Quarantined:
+    return Quarantined(f"spam-{n}", Put("lead", b'{"n": %d}' % n, None), "score=4", 1e9 + n)
+
+
+async def test_spam_being_written_at_shutdown_is_written_not_rolled_back(
+    postgres_url: str,
+) -> None:
+    queue = await open_queue(postgres_url)
+    other = await asyncpg.connect(postgres_url)
+    quarantine = Quarantine(queue, keep=100, every=0.01)
+    try:
+        await queue.quarantine([spam(0)], keep=100)  # job_counts has its spam row
+        quarantine.start()
+        async with other.transaction():  # the write of spam-1 waits for this lock
+            await other.execute("SELECT n FROM job_counts WHERE state = 'spam' FOR UPDATE")
+            quarantine.add(spam(1))
+
+            async def write_waits() -> bool:
+                return bool(await other.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+            await eventually(write_waits, timeout=5)
+            stopping = asyncio.create_task(quarantine.stop())
+            # A stop that cut the write off was done at once: the rollback had lost spam-1.
+            done, _ = await asyncio.wait([stopping], timeout=0.5)
+            assert not done
+        await stopping
+        assert [s.id for s in await queue.spam(10)] == ["spam-0", "spam-1"]
+    finally:
+        await other.close()
+        await queue.close()

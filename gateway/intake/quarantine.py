@@ -33,6 +33,7 @@ class Quarantine:
         self._every = every
         self._waiting: deque[Quarantined] = deque(maxlen=min(waiting_max, keep))
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def add(self, item: Quarantined) -> None:
         self._waiting.append(item)
@@ -41,10 +42,11 @@ class Quarantine:
         self._task = asyncio.create_task(self._run(), name="ctgw-quarantine")
 
     async def stop(self) -> None:
-        """Write what is waiting, then stop."""
+        """Write what is waiting, then stop. A write under way is finished, not cancelled: on
+        PostgreSQL a cancelled one is rolled back, and its spam was gone."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task
         with contextlib.suppress(Exception):
             await self.flush()
 
@@ -63,8 +65,9 @@ class Quarantine:
         return len(items)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._every)
             try:
                 await self.flush()
             except Exception as exc:  # the store is locked or gone: the next round tries
