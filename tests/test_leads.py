@@ -271,7 +271,8 @@ def test_a_request_date_with_an_offset_is_moved_into_the_sites_zone(raw: str, da
 
 @pytest.mark.parametrize(
     "raw", ["yesterday", "32.01.2024 10:00:00", "01.02.2024", "2024-13-01", 1.5,
-            "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"]
+            "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00",
+            "01.01.0999 10:00:00", "1969-12-31T23:59:59+03:00"]  # would be sent as "01.01.999"
 )
 def test_bad_request_date(raw: object) -> None:
     codes_found = codes({**CONTACT, "requestDate": raw}, "api", MOSCOW)

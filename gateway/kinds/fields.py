@@ -140,6 +140,9 @@ def calltouch_date(moment: datetime, zone: tzinfo | None) -> str:
             moment = moment.astimezone(zone)
         except (OverflowError, ValueError):  # moved past year 1 or 9999
             raise Bad("invalid_date", "is out of range") from None
+    # strftime writes year 1 as "1", which Calltouch would misread; and 1.0 counts in epoch ms.
+    if moment.year < 1970:
+        raise Bad("invalid_date", "is out of range")
     return moment.strftime(DATE_FORMAT)
 
 

@@ -78,11 +78,7 @@ def normalise_date(value: object, zone: tzinfo) -> str:
         except ValueError:
             message = "must be dd.mm.yyyy hh:mm:ss, dd-mm-yyyy hh:mm:ss or ISO 8601"
             raise f.Bad("invalid_date", message) from None
-    text = f.calltouch_date(moment, zone)
-    # strftime writes year 1 as "1": Calltouch would misread it; and it counts in epoch ms.
-    if not 1970 <= int(text[6:-9]) <= 9999:
-        raise f.Bad("invalid_date", "is out of range")
-    return text
+    return f.calltouch_date(moment, zone)
 
 
 _COMMON: dict[str, Callable[[object], str]] = {
