@@ -130,7 +130,8 @@ async def sandbox_leads(session: aiohttp.ClientSession, calltouch_url: str) -> w
     """The last leads the sandbox received, newest first (sandbox mode only: test data)."""
     async with session.get(f"{calltouch_url}/sandbox/requests") as resp:
         rows = await resp.json(loads=orjson.loads) if resp.status == 200 else []
-    recent = [{"status": r["status"], "form": r["form"]} for r in rows[-DEMO_LEADS:]]
+    leads = [r for r in rows if r.get("method") == "register"]  # not the back office's calls
+    recent = [{"status": r["status"], "form": r["form"]} for r in leads[-DEMO_LEADS:]]
     return web.Response(
         body=orjson.dumps(recent[::-1]), content_type="application/json",
         headers={"Cache-Control": "no-store"},
