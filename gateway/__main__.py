@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway import __version__, app, dead_cli, import_cli, spam_cli
+from gateway import __version__, app, dead_cli, import_cli, serve_lock, spam_cli
 from gateway.config import CALLTOUCH_RATE, ConfigError, Settings, from_env, store_from_env
 from gateway.ops import logs
 from gateway.queue import Queue, QueueError, State, open_queue
@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_serve(settings: Settings) -> int:
     sites = sites_of(settings, os.environ)  # a bad sites file: exit 2, one line
     store = store_label(settings.queue_url, create=True)
+    if urlsplit(settings.queue_url).scheme == "sqlite":
+        serve_lock.hold(path_from_url(settings.queue_url).resolve())  # until the process ends
     logs.setup(settings.log_level)
     simulator = None
     if settings.sandbox:

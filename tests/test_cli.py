@@ -197,6 +197,24 @@ def _serve_lines(tmp_path: Path, processes: list[Process], **env: str) -> list[s
     return proc.lines
 
 
+def test_a_second_serve_on_one_sqlite_file_is_refused(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    # Two gateways on one file would each relay at the whole pace: 10 a second at Calltouch.
+    first = Process([sys.executable, "-m", "gateway", "serve", "--sandbox"],
+                    clean_env(CTGW_QUEUE=url(tmp_path / "q.db"), **FREE_PORTS),
+                    "listening public")
+    processes.append(first)
+    line = config_error(cli("serve", "--sandbox", cwd=tmp_path, CTGW_QUEUE=url(tmp_path / "q.db"),
+                            **FREE_PORTS))
+    assert line == (f"ct-gateway: CTGW_QUEUE: {tmp_path / 'q.db'} is served by another gateway"
+                    f" (pid {first.proc.pid}); an SQLite queue has one, a fleet shares PostgreSQL")
+    assert cli("dead", "list", cwd=tmp_path, CTGW_QUEUE=url(tmp_path / "q.db")).returncode == 0
+    first.proc.kill()  # a crash leaves no lock behind
+    first.proc.wait(20)
+    _serve_lines(tmp_path, processes)  # starts, and stops cleanly
+
+
 @pytest.mark.parametrize(("rate", "warned"), [("6", True), ("5", False), ("2.5", False)])
 def test_serve_warns_of_a_rate_above_calltouchs_limit(
     tmp_path: Path, processes: list[Process], rate: str, warned: bool
