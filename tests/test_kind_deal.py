@@ -731,15 +731,6 @@ def test_the_same_deal_posted_again_queues_nothing() -> None:
         "orderNumber": "A", "revenue": "20.00", STATUS_SEEN: "01-02-2026 10:00:00"}
 
 
-def test_the_same_status_posted_again_with_the_gateways_date_queues_nothing() -> None:
-    # Given without a statusDate, a status is dated when it is posted: each post another date.
-    first = {"orderNumber": "A", "status": "new", "statusDate": "01-02-2026 10:00:00"}
-    again = {**first, "statusDate": "01-02-2026 10:05:00"}
-    assert follow(orjson.dumps(first), orjson.dumps(again)) is None
-    moved = follow(orjson.dumps(first), orjson.dumps({**again, "status": "paid"}))
-    assert moved is not None and orjson.loads(moved)["statusDate"] == "01-02-2026 10:05:00"
-
-
 def test_a_comment_posted_again_while_queued_is_joined_once() -> None:
     def post(comment: str) -> bytes:
         return orjson.dumps({"orderNumber": "A", "comment": comment})

@@ -96,13 +96,9 @@ def follow(previous: bytes | None, new: bytes) -> bytes | None:
 
 
 def _drop_unchanged(old: Mapping[str, Any], later: dict[str, Any]) -> None:
-    """Leave out what ``old`` already said: the same file posted twice queues nothing. A
-    status date goes only with a new status: the gateway dates a status given without one
-    when it is posted, so the same status posted again comes with a later date."""
+    """Leave out what ``old`` already said: the same file posted twice queues nothing."""
     for name in [n for n in later if n != "orderNumber" and old.get(n) == later[n]]:
         del later[name]
-    if "status" not in later:
-        later.pop("statusDate", None)
     if isinstance(later.get("tags"), list) and isinstance(old.get("tags"), list):
         later["tags"] = [tag for tag in later["tags"] if tag not in old["tags"]] or None
     if isinstance(later.get("customFields"), dict) and isinstance(old.get("customFields"), dict):
